@@ -1,0 +1,386 @@
+"""Typed, frozen configuration: one dataclass per ``params.yaml`` section, plus size presets.
+
+Every section of ``params.yaml`` maps onto one dataclass below (``SECTIONS``). ``load_params(path, section)``
+reads a section and validates it: an unknown key, a missing required key or a value of the wrong type raises
+a ``ValueError`` naming the key, the section and the file. A section may start from a preset::
+
+    tokenizer:
+      preset: small        # tiny | small | paper
+      num_tokens: 48       # any field overrides the preset
+
+Presets live in each class's ``PRESETS`` registry (as DiT's ``DiT_models``) and are reached in code as
+``TokenizerConfig.preset("tiny", ordered=True)``. This module imports nothing else from tokenset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Mapping, TypeVar
+
+import yaml
+
+T = TypeVar("T", bound="Section")
+
+
+class SigmaSchedule(str, enum.Enum):
+    """How FSDD's sampling spread sigma is scaled over the sampling steps (``f(step)`` in the paper)."""
+
+    SIGMOID = "sigmoid"  # ~1 early, falls to ~0 over the last steps (the paper's choice)
+    LINEAR = "linear"  # 1 - t
+    CONSTANT = "constant"  # 1 (no annealing; an ablation)
+
+
+class NoiseKind(str, enum.Enum):
+    """The fixed-sum prior x0 of FSDD."""
+
+    BINARY = "binary"  # a uniformly random 0/1 vector with exactly M ones (the official code)
+    MULTINOMIAL = "multinomial"  # M draws with replacement, uniform over the C positions
+
+
+class Section:
+    """Mixin for config dataclasses: presets, validation, (de)serialisation."""
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    @classmethod
+    def preset(cls: type[T], name: str, **overrides: Any) -> T:
+        """The named preset with ``overrides`` applied (each checked like a params.yaml key)."""
+        if name not in cls.PRESETS:
+            raise ValueError(
+                f"{cls.__name__}: unknown preset {name!r}; expected one of {sorted(cls.PRESETS)}"
+            )
+        return from_mapping(cls, {**cls.PRESETS[name], **overrides}, where=f"preset {name!r}")
+
+    def replace(self: T, **changes: Any) -> T:
+        """A copy with ``changes`` applied and validated."""
+        return from_mapping(type(self), {**self.to_dict(), **changes}, where="replace()")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML/JSON-serialisable values (enums as their values, tuples as lists)."""
+        out = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            v = getattr(self, f.name)
+            if isinstance(v, enum.Enum):
+                v = v.value
+            elif isinstance(v, tuple):
+                v = list(v)
+            out[f.name] = v
+        return out
+
+
+# --------------------------------------------------------------------------------------------- sections
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(Section):
+    """Which images, at what size, split how."""
+
+    name: Literal["crawl", "fashion", "imagefolder"]
+    root: str  # data directory (raw/ and prepared/ live below it), or the ImageFolder root
+    image_size: int  # images are square: (3, image_size, image_size)
+    val_fraction: float  # share of each class held out for validation (crawl, imagefolder without val/)
+    seed: int  # seed of the deterministic train/val split
+    skip_bad_files: bool = False  # True: skip unreadable images and report how many; False: raise listing them
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": dict(name="crawl", root="data", image_size=32, val_fraction=0.1, seed=0),
+        "small": dict(name="crawl", root="data", image_size=32, val_fraction=0.1, seed=0),
+        "paper": dict(name="imagefolder", root="data/imagenet", image_size=256, val_fraction=0.0, seed=0),
+    }
+
+    def __post_init__(self) -> None:
+        _check(self, self.image_size > 0, "image_size", "a positive integer")
+        _check(self, 0.0 <= self.val_fraction < 1.0, "val_fraction", "a number in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerConfig(Section):
+    """The set tokenizer (and, with ``ordered=True``, its TiTok-style ordered control)."""
+
+    image_size: int
+    patch_size: int
+    width: int  # encoder transformer width
+    depth: int
+    heads: int
+    decoder_width: int
+    decoder_depth: int
+    decoder_heads: int
+    num_tokens: int  # M: latent tokens per image
+    codebook_size: int  # C
+    token_dim: int  # dimension of the (L2-normalised) codes
+    pixel_head: Literal["linear", "conv", "vqgan"]  # how decoder features become pixels
+    mlp_ratio: float = 4.0
+    ordered: bool = False  # True: latent positional embedding + fixed order (the TiTok control)
+    decoder_input: Literal["set", "mean", "pma"] = "set"  # how the decoder sees the tokens (ablation arms)
+    commitment_weight: float = 0.25
+    codebook_weight: float = 1.0
+    dead_code_restart: bool = True  # re-seed unused codes from recent encoder outputs
+    dead_code_every: int = 100  # steps between restarts
+    channels_in: int = 3
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": dict(
+            image_size=16, patch_size=4, width=32, depth=1, heads=2, decoder_width=32, decoder_depth=1,
+            decoder_heads=2, num_tokens=8, codebook_size=32, token_dim=8, pixel_head="linear",
+        ),
+        "small": dict(
+            image_size=32, patch_size=4, width=192, depth=4, heads=4, decoder_width=192, decoder_depth=4,
+            decoder_heads=4, num_tokens=64, codebook_size=512, token_dim=12, pixel_head="conv",
+        ),
+        "paper": dict(
+            image_size=256, patch_size=16, width=768, depth=12, heads=12, decoder_width=768, decoder_depth=12,
+            decoder_heads=12, num_tokens=128, codebook_size=4096, token_dim=12, pixel_head="vqgan",
+            dead_code_restart=False,
+        ),
+    }
+
+    def __post_init__(self) -> None:
+        _check(self, self.image_size % self.patch_size == 0, "image_size",
+               f"a multiple of patch_size={self.patch_size}")
+        _check(self, self.width % self.heads == 0, "width", f"divisible by heads={self.heads}")
+        _check(self, self.decoder_width % self.decoder_heads == 0, "decoder_width",
+               f"divisible by decoder_heads={self.decoder_heads}")
+        for key in ("num_tokens", "codebook_size", "token_dim", "depth", "decoder_depth"):
+            _check(self, getattr(self, key) >= 1, key, "at least 1")
+
+    @property
+    def grid(self) -> int:
+        """Patches per side."""
+        return self.image_size // self.patch_size
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(Section):
+    """An optimisation run (the tokenizer's in section ``train``, the generators' in ``train_generator``)."""
+
+    steps: int
+    batch_size: int
+    lr: float  # peak learning rate of AdamW
+    weight_decay: float = 1e-4
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    log_every: int = 50  # steps between CSV log rows (and validation PSNR for tokenizers)
+    ckpt_every: int = 500  # steps between checkpoints (one is always written at the end)
+    seed: int = 0
+    flip: bool = True  # random horizontal flip augmentation
+    disc_steps: int = 0  # tokenizer stage 2: decoder-only steps with a patch discriminator (0: off)
+    disc_weight: float = 0.1
+    max_minutes: float = 0.0  # wall-clock budget; 0 means no budget (stop at ``steps``)
+    num_workers: int = 0
+    amp: bool = False  # bf16 autocast (GPU only; on CPU it is emulated and slow)
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": dict(steps=20, batch_size=16, lr=1e-3, warmup_steps=2, log_every=5, ckpt_every=10),
+        "small": dict(steps=3000, batch_size=64, lr=1e-3, warmup_steps=100, log_every=100, ckpt_every=500,
+                      max_minutes=12.0),
+        "paper": dict(steps=1_000_000, batch_size=256, lr=1e-4, warmup_steps=10_000, log_every=500,
+                      ckpt_every=5000, num_workers=8, amp=True),
+    }
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "batch_size", "log_every", "ckpt_every"):
+            _check(self, getattr(self, key) >= 1, key, "at least 1")
+        _check(self, self.lr > 0, "lr", "a positive number")
+        _check(self, 0.0 <= self.ema_decay < 1.0, "ema_decay", "a number in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class DenoiserConfig(Section):
+    """CountDiT: the network FSDD calls as model(z, t, labels)."""
+
+    codebook_size: int  # C: sequence length (one position per code)
+    total: int  # M: counts range over 0..M
+    num_classes: int
+    width: int
+    depth: int
+    heads: int
+    mlp_ratio: float = 4.0
+    class_dropout: float = 0.1  # probability of the null class in training (classifier-free guidance)
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": dict(num_classes=10, width=32, depth=1, heads=2),
+        "small": dict(num_classes=10, width=192, depth=4, heads=4),
+        "S": dict(num_classes=1000, width=384, depth=12, heads=6),
+        "B": dict(num_classes=1000, width=768, depth=12, heads=12),
+    }
+
+    def __post_init__(self) -> None:
+        _check(self, self.width % self.heads == 0, "width", f"divisible by heads={self.heads}")
+        for key in ("codebook_size", "total", "num_classes", "depth"):
+            _check(self, getattr(self, key) >= 1, key, "at least 1")
+        _check(self, 0.0 <= self.class_dropout < 1.0, "class_dropout", "a number in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class FSDDConfig(Section):
+    """Fixed-Sum Discrete Diffusion: the prior and the sampler's choices."""
+
+    steps: int = 25
+    top_p: float = 0.8
+    guidance: float = 1.0  # 1.0 = no classifier-free guidance
+    sigma_schedule: SigmaSchedule = SigmaSchedule.SIGMOID
+    noise: NoiseKind = NoiseKind.BINARY
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": dict(steps=5),
+        "small": dict(),
+        "paper": dict(guidance=2.0),
+    }
+
+    def __post_init__(self) -> None:
+        _check(self, self.steps >= 1, "steps", "at least 1")
+        _check(self, 0.0 < self.top_p <= 1.0, "top_p", "a number in (0, 1]")
+        _check(self, self.guidance >= 0.0, "guidance", "a non-negative number")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig(Section):
+    """Evaluation: sample counts, seeds, feature extractor."""
+
+    num_samples: int  # generated images per method and seed (gFID); also caps validation images for rFID
+    seeds: tuple[int, ...]
+    guidance_scales: tuple[float, ...]  # FSDD guidance sweep
+    extractor: Literal["inception", "dataset"]  # dataset: the small extractor trained on the data (smoke only)
+    batch_size: int = 50
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": dict(num_samples=64, seeds=(0,), guidance_scales=(1.0,), extractor="dataset"),
+        "small": dict(num_samples=1000, seeds=(0, 1), guidance_scales=(1.0, 1.5, 2.0, 3.0), extractor="inception"),
+        "paper": dict(num_samples=50_000, seeds=(0,), guidance_scales=(1.0, 2.0, 3.0), extractor="inception"),
+    }
+
+    def __post_init__(self) -> None:
+        _check(self, self.num_samples >= 2, "num_samples", "at least 2")
+        _check(self, len(self.seeds) >= 1, "seeds", "at least one seed")
+
+
+SECTIONS: dict[str, type[Section]] = {
+    "data": DataConfig,
+    "tokenizer": TokenizerConfig,
+    "train": TrainConfig,
+    "denoiser": DenoiserConfig,
+    "fsdd": FSDDConfig,
+    "train_generator": TrainConfig,
+    "eval": EvalConfig,
+}
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def load_params(path: str | Path, section: str, **context: Any) -> Any:
+    """Read ``section`` of the YAML file ``path`` into its dataclass (see ``SECTIONS``).
+
+    ``context`` supplies values that come from elsewhere rather than from the file (e.g. the denoiser's
+    ``codebook_size`` and ``total``, which are the tokenizer's); keys in the file win over the preset,
+    context wins over both. Raises ValueError naming the key, section and file for unknown keys, missing
+    required keys and wrong types; FileNotFoundError for a missing file.
+    """
+    path = Path(path)
+    if section not in SECTIONS:
+        raise ValueError(f"{path}: unknown section {section!r}; expected one of {sorted(SECTIONS)}")
+    if not path.is_file():
+        raise FileNotFoundError(f"params file {path} does not exist")
+    with path.open() as fh:
+        doc = yaml.safe_load(fh) or {}
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: expected a mapping of sections at the top level, got {type(doc).__name__}")
+    if section not in doc:
+        raise ValueError(f"{path}: section {section!r} is missing")
+    raw = doc[section]
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: section {section!r} must be a mapping, got {type(raw).__name__}")
+    cls = SECTIONS[section]
+    values = dict(raw)
+    base: dict[str, Any] = {}
+    if "preset" in values:
+        name = values.pop("preset")
+        if name not in cls.PRESETS:
+            raise ValueError(
+                f"{path}: section {section!r}: key 'preset' is {name!r}; expected one of {sorted(cls.PRESETS)}"
+            )
+        base = dict(cls.PRESETS[name])
+    return from_mapping(cls, {**base, **values, **context}, where=f"{path}: section {section!r}")
+
+
+def from_mapping(cls: type[T], values: Mapping[str, Any], where: str) -> T:
+    """Build ``cls`` from plain values, validating names and types; ``where`` prefixes every error."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; expected keys are {sorted(fields)}")
+    required = [n for n, f in fields.items()
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [n for n in required if n not in values]
+    if missing:
+        raise ValueError(f"{where}: missing required key(s) {missing}")
+    hints = typing.get_type_hints(cls)
+    converted = {name: _coerce(value, hints[name], f"{where}: key {name!r}") for name, value in values.items()}
+    try:
+        return cls(**converted)
+    except _InvalidValue as err:
+        raise ValueError(f"{where}: {err}") from None
+
+
+class _InvalidValue(ValueError):
+    pass
+
+
+def _check(obj: Any, ok: bool, key: str, expected: str) -> None:
+    if not ok:
+        raise _InvalidValue(f"key {key!r} is {getattr(obj, key)!r}; expected {expected}")
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``hint``; return it converted (int -> float, str -> Enum, list -> tuple)."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            try:
+                return _coerce(value, arg, where)
+            except ValueError:
+                continue
+        raise ValueError(f"{where} is {value!r}; expected {hint}")
+    if hint is type(None):
+        if value is None:
+            return None
+        raise ValueError(f"{where} is {value!r}; expected null")
+    if origin is Literal:
+        if value in args and type(value) in {type(a) for a in args}:
+            return value
+        raise ValueError(f"{where} is {value!r}; expected one of {list(args)}")
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        if isinstance(value, hint):
+            return value
+        try:
+            return hint(value)
+        except ValueError:
+            raise ValueError(f"{where} is {value!r}; expected one of {[m.value for m in hint]}") from None
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where} is {value!r} ({type(value).__name__}); expected a list")
+        item = args[0]
+        return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{where} is {value!r} ({type(value).__name__}); expected true or false")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ValueError(f"{where} is {value!r} ({type(value).__name__}); expected an integer")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ValueError(f"{where} is {value!r} ({type(value).__name__}); expected a number")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"{where} is {value!r} ({type(value).__name__}); expected a string")
+    raise TypeError(f"{where}: unsupported annotation {hint!r} in config")
