@@ -47,7 +47,7 @@ class Section:
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
 
     @classmethod
-    def preset(cls: type[T], name: str, **overrides: Any) -> T:
+    def preset(cls: type[T], name: str, /, **overrides: Any) -> T:
         """The named preset with ``overrides`` applied (each checked like a params.yaml key)."""
         if name not in cls.PRESETS:
             raise ValueError(
@@ -85,6 +85,9 @@ class DataConfig(Section):
     val_fraction: float  # share of each class held out for validation (crawl, imagefolder without val/)
     seed: int  # seed of the deterministic train/val split
     skip_bad_files: bool = False  # True: skip unreadable images and report how many; False: raise listing them
+    # crawl only: the sprite sheets of crawl-tiles-data used, one class each. Only sheets on a 32 px grid can be
+    # sliced; main/player/feat/gui/icons are bounding-box-packed atlases (see tokenset.data) and are refused.
+    crawl_sheets: tuple[str, ...] = ("floor", "wall")
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(name="crawl", root="data", image_size=32, val_fraction=0.1, seed=0),
@@ -95,6 +98,9 @@ class DataConfig(Section):
     def __post_init__(self) -> None:
         _check(self, self.image_size > 0, "image_size", "a positive integer")
         _check(self, 0.0 <= self.val_fraction < 1.0, "val_fraction", "a number in [0, 1)")
+        _check(self, len(self.crawl_sheets) >= 1 and len(set(self.crawl_sheets)) == len(self.crawl_sheets)
+               and all(s and s.isidentifier() for s in self.crawl_sheets),
+               "crawl_sheets", "a non-empty list of distinct sheet names such as [floor, wall]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +119,7 @@ class TokenizerConfig(Section):
     codebook_size: int  # C
     token_dim: int  # dimension of the (L2-normalised) codes
     pixel_head: Literal["linear", "conv", "vqgan"]  # how decoder features become pixels
+    head_channels: int = 32  # channels of the conv / vqgan pixel head (vqgan: base of its (1,1,2,2,4) multipliers)
     mlp_ratio: float = 4.0
     ordered: bool = False  # True: latent positional embedding + fixed order (the TiTok control)
     decoder_input: Literal["set", "mean", "pma"] = "set"  # how the decoder sees the tokens (ablation arms)
@@ -134,7 +141,7 @@ class TokenizerConfig(Section):
         "paper": dict(
             image_size=256, patch_size=16, width=768, depth=12, heads=12, decoder_width=768, decoder_depth=12,
             decoder_heads=12, num_tokens=128, codebook_size=4096, token_dim=12, pixel_head="vqgan",
-            dead_code_restart=False,
+            head_channels=128, dead_code_restart=False,
         ),
     }
 
@@ -171,6 +178,8 @@ class TrainConfig(Section):
     disc_steps: int = 0  # tokenizer stage 2: decoder-only steps with a patch discriminator (0: off)
     disc_weight: float = 0.1
     max_minutes: float = 0.0  # wall-clock budget; 0 means no budget (stop at ``steps``)
+    anneal_to_budget: bool = False  # with max_minutes: decay the lr by max(step, time) progress (not reproducible)
+    val_limit: int = 0  # validation images evaluated at each log row (0: all); the final evaluation uses all
     num_workers: int = 0
     amp: bool = False  # bf16 autocast (GPU only; on CPU it is emulated and slow)
 
@@ -199,9 +208,12 @@ class DenoiserConfig(Section):
     width: int
     depth: int
     heads: int
-    mlp_ratio: float = 4.0
+    mlp_ratio: float = 4.0  # MLP hidden width = int(width * mlp_ratio)
     class_dropout: float = 0.1  # probability of the null class in training (classifier-free guidance)
+    time_freq_dim: int = 256  # sinusoidal features of t before the timestep MLP (DiT's 256)
 
+    # The same width/depth/heads also size the baselines (tokenset.baselines), so comparisons are fair.
+    # S and B are the paper's DiT-S / DiT-B (36M / 137M at C=4096, M=128; see tokenset/denoiser.py for the count).
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(num_classes=10, width=32, depth=1, heads=2),
         "small": dict(num_classes=10, width=192, depth=4, heads=4),
@@ -210,9 +222,11 @@ class DenoiserConfig(Section):
     }
 
     def __post_init__(self) -> None:
+        _check(self, self.heads >= 1, "heads", "at least 1")
         _check(self, self.width % self.heads == 0, "width", f"divisible by heads={self.heads}")
-        for key in ("codebook_size", "total", "num_classes", "depth"):
+        for key in ("codebook_size", "total", "num_classes", "depth", "width", "time_freq_dim"):
             _check(self, getattr(self, key) >= 1, key, "at least 1")
+        _check(self, self.mlp_ratio > 0, "mlp_ratio", "a positive number")
         _check(self, 0.0 <= self.class_dropout < 1.0, "class_dropout", "a number in [0, 1)")
 
 
@@ -225,6 +239,9 @@ class FSDDConfig(Section):
     guidance: float = 1.0  # 1.0 = no classifier-free guidance
     sigma_schedule: SigmaSchedule = SigmaSchedule.SIGMOID
     noise: NoiseKind = NoiseKind.BINARY
+    sigmoid_steepness: float = 100.0  # SIGMOID f(s) = sigmoid(-steepness * (s - midpoint)), s = (step+1)/steps
+    sigmoid_midpoint: float = 0.8  # (the official sampler's default "sigmoid100_0.8")
+    train_sigma_schedule: SigmaSchedule = SigmaSchedule.CONSTANT  # training kernel's f(t); CONSTANT = the paper's
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(steps=5),
@@ -246,7 +263,12 @@ class EvalConfig(Section):
     seeds: tuple[int, ...]
     guidance_scales: tuple[float, ...]  # FSDD guidance sweep
     extractor: Literal["inception", "dataset"]  # dataset: the small extractor trained on the data (smoke only)
-    batch_size: int = 50
+    batch_size: int = 50  # images per feature-extractor batch
+    kid_subset_size: int = 1000  # clamped (with a warning) to the smaller sample count
+    kid_subsets: int = 100
+    prc_neighborhood: int = 3  # k of the k-NN balls of precision / recall
+    dataset_extractor_steps: int = 500  # training steps of the small data-set CNN (extractor: dataset)
+    cache_dir: str | None = None  # wheels, Inception weights, real features; None: $TOKENSET_CACHE or ~/.cache/tokenset
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(num_samples=64, seeds=(0,), guidance_scales=(1.0,), extractor="dataset"),
@@ -257,6 +279,11 @@ class EvalConfig(Section):
     def __post_init__(self) -> None:
         _check(self, self.num_samples >= 2, "num_samples", "at least 2")
         _check(self, len(self.seeds) >= 1, "seeds", "at least one seed")
+        _check(self, self.batch_size >= 1, "batch_size", "at least 1")
+        _check(self, self.kid_subset_size >= 2, "kid_subset_size", "at least 2")
+        _check(self, self.kid_subsets >= 1, "kid_subsets", "at least 1")
+        _check(self, self.prc_neighborhood >= 1, "prc_neighborhood", "at least 1")
+        _check(self, self.dataset_extractor_steps >= 1, "dataset_extractor_steps", "at least 1")
 
 
 SECTIONS: dict[str, type[Section]] = {
@@ -384,3 +411,14 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             return value
         raise ValueError(f"{where} is {value!r} ({type(value).__name__}); expected a string")
     raise TypeError(f"{where}: unsupported annotation {hint!r} in config")
+
+
+def project_root(start: str | Path | None = None) -> Path:
+    """The nearest directory at or above ``start`` (default: the working directory) holding params.yaml and
+    pyproject.toml. Notebooks chdir there first, so the same relative paths work under papermill and nbval
+    (nbval starts kernels in the notebook's folder)."""
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "params.yaml").is_file() and (folder / "pyproject.toml").is_file():
+            return folder
+    raise FileNotFoundError(f"no tokenset project (params.yaml + pyproject.toml) at or above {here}")
