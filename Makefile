@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Stage commands in dvc.yaml (papermill, python) run from the venv.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: setup repro test bench data clean-venv strip
 
@@ -18,7 +20,7 @@ $(STAMP): pyproject.toml
 
 # Fetch and prepare the default data set (also done by the `data` stage of dvc repro).
 data: setup
-	$(PY) -m tokenset.data prepare --params params.yaml
+	$(PY) -m tokenset.data --params params.yaml
 
 # The whole pipeline on the params.yaml preset (default: small, crawl tiles, CPU).
 repro: setup
