@@ -1,0 +1,165 @@
+"""The generators compared on the same tokens: FSDD over count vectors, and the baselines over token sequences.
+
+Every generator models the tokens of a frozen tokenizer and returns token rows (B, M) that the same tokenizer
+decodes. They share the transformer width, depth and heads of one ``DenoiserConfig`` and the training steps of one
+``TrainConfig`` (``tokenset.train.fit_generator``), so the comparison is fair:
+
+| name            | family  | tokens of             | modelled as                                          |
+|-----------------|---------|-----------------------|------------------------------------------------------|
+| fsdd            | FSDD    | the set tokenizer     | count vector (B, C), fixed sum M (the paper's model) |
+| masked_sorted   | masked  | the set tokenizer     | canonical (ascending) sequence (B, M)                |
+| masked_ordered  | masked  | the ordered control   | the encoder's sequence (B, M)                        |
+| ar_sorted       | AR      | the set tokenizer     | canonical (ascending) sequence, left to right        |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tokenset import analysis
+from tokenset.baselines import autoregressive, masked
+from tokenset.bijection import canonical_order, counts_to_set, set_to_counts
+from tokenset.checkpoint import load_checkpoint, save_checkpoint
+from tokenset.config import DenoiserConfig, FSDDConfig
+from tokenset.denoiser import CountDiT
+from tokenset.fsdd import FSDD, fixed_sum_noise
+from tokenset.metrics import sha256_file
+from tokenset.tokenizer import SetTokenizer
+
+__all__ = ["GeneratorSpec", "GENERATORS", "model_input", "build_generator", "GeneratorLoss", "generate",
+           "encode_cached", "fsdd_loss_by_t"]
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorSpec:
+    name: str
+    family: Literal["fsdd", "masked", "ar"]
+    tokenizer: Literal["set", "ordered"]  # whose tokens it models (and decodes with)
+    description: str
+
+
+GENERATORS: dict[str, GeneratorSpec] = {
+    "fsdd": GeneratorSpec("fsdd", "fsdd", "set", "FSDD over count vectors (TokenSet)"),
+    "masked_sorted": GeneratorSpec("masked_sorted", "masked", "set",
+                                   "masked discrete diffusion over the sorted set tokens"),
+    "masked_ordered": GeneratorSpec("masked_ordered", "masked", "ordered",
+                                    "masked discrete diffusion over the ordered control's tokens"),
+    "ar_sorted": GeneratorSpec("ar_sorted", "ar", "set", "autoregressive over the sorted set tokens"),
+}
+
+
+def _spec(name: str) -> GeneratorSpec:
+    if name not in GENERATORS:
+        raise ValueError(f"unknown generator {name!r}; expected one of {sorted(GENERATORS)}")
+    return GENERATORS[name]
+
+
+def model_input(name: str, tokens: torch.Tensor, codebook_size: int) -> torch.Tensor:
+    """What generator ``name`` models, from its tokenizer's tokens (B, M): counts (B, C) for FSDD, the canonical
+    sequence for the *_sorted baselines, the tokens as they come for the ordered control."""
+    spec = _spec(name)
+    if spec.family == "fsdd":
+        return set_to_counts(tokens, codebook_size)
+    return canonical_order(tokens) if spec.tokenizer == "set" else tokens.long()
+
+
+def build_generator(name: str, cfg: DenoiserConfig) -> nn.Module:
+    """The network of generator ``name`` at the width/depth/heads of ``cfg`` (C = codebook_size, M = total)."""
+    family = _spec(name).family
+    if family == "fsdd":
+        return CountDiT(cfg)
+    if family == "masked":
+        return masked.MaskedTokenTransformer(cfg)
+    return autoregressive.ARTokenTransformer(cfg)
+
+
+class GeneratorLoss:
+    """``loss_fn(model, (inputs, labels)) -> {"loss": scalar, ...scalars}`` for ``tokenset.train.Trainer``."""
+
+    def __init__(self, name: str, cfg: DenoiserConfig, fsdd_cfg: FSDDConfig) -> None:
+        self.spec = _spec(name)
+        self.fsdd = FSDD.from_config(fsdd_cfg, cfg.codebook_size, cfg.total, num_classes=cfg.num_classes)
+
+    def __call__(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        inputs, labels = batch
+        if self.spec.family == "fsdd":
+            out = self.fsdd.training_loss(model, inputs, labels)
+        elif self.spec.family == "masked":
+            out = masked.training_loss(model, inputs, labels)
+        else:
+            out = autoregressive.training_loss(model, inputs, labels)
+        return {k: v for k, v in out.items() if isinstance(v, torch.Tensor) and v.ndim == 0}
+
+
+@torch.no_grad()
+def generate(name: str, model: nn.Module, labels: torch.Tensor, fsdd_cfg: FSDDConfig,
+             guidance: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Sample token rows (B, M) int64 for ``labels`` (B,) from generator ``name`` (model in eval mode).
+
+    All families use ``fsdd_cfg.steps`` decoding steps where they have steps (AR has M), ``fsdd_cfg.top_p``
+    for FSDD's x1 draws, and ``guidance`` (default ``fsdd_cfg.guidance``): on probabilities for FSDD, on logits
+    for the baselines (as each family does it). FSDD's counts become the canonical sequence (counts_to_set)."""
+    spec = _spec(name)
+    g = fsdd_cfg.guidance if guidance is None else guidance
+    model.eval()
+    if spec.family == "fsdd":
+        cfg = model.cfg
+        process = FSDD.from_config(fsdd_cfg, cfg.codebook_size, cfg.total, num_classes=cfg.num_classes)
+        counts = process.sample(model, labels, steps=fsdd_cfg.steps, top_p=fsdd_cfg.top_p, guidance=g,
+                                sigma_schedule=fsdd_cfg.sigma_schedule, generator=generator)
+        return counts_to_set(counts)
+    if spec.family == "masked":
+        return masked.sample(model, labels, steps=fsdd_cfg.steps, guidance=g, generator=generator)
+    return autoregressive.sample(model, labels, guidance=g, generator=generator)
+
+
+def encode_cached(checkpoint: str | Path, images: torch.Tensor, cache: str | Path,
+                  device: str | torch.device = "cpu") -> torch.Tensor:
+    """Tokens (N, M) int64 of uint8 ``images`` under the tokenizer ``checkpoint`` (EMA weights), cached in
+    ``cache`` together with the checkpoint's sha256 and the images' count: a changed tokenizer re-encodes."""
+    checkpoint, cache = Path(checkpoint), Path(cache)
+    key: dict[str, Any] = {"checkpoint_sha256": sha256_file(checkpoint), "num_images": len(images)}
+    if cache.is_file():
+        state = load_checkpoint(cache)
+        if state.get("key") == key:
+            return state["tokens"]
+    model = SetTokenizer.from_checkpoint(checkpoint, map_location=device).to(device)
+    tokens = analysis.encode_images(model, images)
+    save_checkpoint(cache, {"key": key, "tokens": tokens})
+    return tokens
+
+
+@torch.no_grad()
+def fsdd_loss_by_t(model: nn.Module, fsdd_cfg: FSDDConfig, counts: torch.Tensor, labels: torch.Tensor,
+                   bins: int = 10, repeats: int = 1, seed: int = 0, batch_size: int = 256) -> pd.DataFrame:
+    """FSDD's cross-entropy per position at fixed diffusion times: for t at the centres of ``bins`` equal bins
+    of [0, 1], z_t ~ q(z_t | x0, x1) (``repeats`` draws of x0 per data row), loss of ``model`` (eval mode, labels
+    kept) against x1. counts: (N, C) int64 rows summing to M; labels (N,). Returns a DataFrame (t, loss)."""
+    if bins < 1 or repeats < 1:
+        raise ValueError(f"bins and repeats must be at least 1, got bins={bins}, repeats={repeats}")
+    cfg = model.cfg
+    process = FSDD.from_config(fsdd_cfg, cfg.codebook_size, cfg.total, num_classes=cfg.num_classes)
+    dev = next(model.parameters()).device
+    g = torch.Generator().manual_seed(seed)
+    model.eval()
+    rows = []
+    for t_value in ((torch.arange(bins) + 0.5) / bins).tolist():
+        total, count = 0.0, 0
+        for _ in range(repeats):
+            for lo in range(0, len(counts), batch_size):
+                x1, y = counts[lo:lo + batch_size], labels[lo:lo + batch_size]
+                x0 = fixed_sum_noise(len(x1), cfg.codebook_size, cfg.total, g, fsdd_cfg.noise)
+                t = torch.full((len(x1),), t_value)
+                z = process.q_sample(x1, x0, t, g)
+                logits = model(z.to(dev), t.to(dev), y.to(dev)).float()
+                ce = F.cross_entropy(logits.reshape(-1, cfg.total + 1), x1.to(dev).reshape(-1), reduction="sum")
+                total, count = total + float(ce), count + x1.numel()
+        rows.append({"t": t_value, "loss": total / count})
+    return pd.DataFrame(rows)
