@@ -27,14 +27,14 @@ from tokenset import analysis
 from tokenset.baselines import autoregressive, masked
 from tokenset.bijection import canonical_order, counts_to_set, set_to_counts
 from tokenset.checkpoint import load_checkpoint, save_checkpoint
-from tokenset.config import DenoiserConfig, FSDDConfig
+from tokenset.config import DenoiserConfig, FSDDConfig, from_mapping
 from tokenset.denoiser import CountDiT
 from tokenset.fsdd import FSDD, fixed_sum_noise
 from tokenset.metrics import sha256_file
 from tokenset.tokenizer import SetTokenizer
 
 __all__ = ["GeneratorSpec", "GENERATORS", "model_input", "build_generator", "GeneratorLoss", "generate",
-           "encode_cached", "fsdd_loss_by_t"]
+           "encode_cached", "fsdd_loss_by_t", "load_generator"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,3 +163,21 @@ def fsdd_loss_by_t(model: nn.Module, fsdd_cfg: FSDDConfig, counts: torch.Tensor,
                 total, count = total + float(ce), count + x1.numel()
         rows.append({"t": t_value, "loss": total / count})
     return pd.DataFrame(rows)
+
+
+def load_generator(path: str | Path, ema: bool = True, map_location: str | torch.device = "cpu",
+                   ) -> tuple[str, nn.Module]:
+    """(name, network in eval mode) from a checkpoint written by ``tokenset.train.fit_generator``."""
+    state = load_checkpoint(path, map_location=map_location)
+    config = state.get("config")
+    if not isinstance(config, dict) or config.get("generator") not in GENERATORS:
+        raise ValueError(f"{path}: not a generator checkpoint (expected config['generator'] in {sorted(GENERATORS)})")
+    name = config["generator"]
+    cfg = from_mapping(DenoiserConfig, config["denoiser"], where=f"{path}: config['denoiser']")
+    model = build_generator(name, cfg)
+    key = "ema" if ema else "model"
+    try:
+        model.load_state_dict(state[key])
+    except (KeyError, RuntimeError) as err:
+        raise ValueError(f"{path}: {key!r} weights do not fit generator {name!r}: {str(err).splitlines()[0]}") from None
+    return name, model.to(map_location).eval()

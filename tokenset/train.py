@@ -1,0 +1,771 @@
+"""Training loops: one reusable optimisation core (``Trainer``) and the tokenizer's recipe on top (``fit_tokenizer``).
+
+``Trainer(model, cfg, out_dir, loss_fn=..., config=...)`` owns everything that is not the model or the loss:
+AdamW (weight decay on weight matrices only), linear warm-up then cosine decay, gradient clipping, an EMA copy of
+the weights, a CSV log every ``cfg.log_every`` steps (with an optional ``eval_fn`` on the EMA model), tqdm, atomic
+checkpoints every ``cfg.ckpt_every`` steps and at the end, resume from the last checkpoint at the saved step (the
+same batches, the same RNG streams: an interrupted CPU run ends bit-identical to an uninterrupted one), a
+wall-clock budget (``cfg.max_minutes``), and DDP when ``torch.distributed`` is initialised (rank-0 logs and
+checkpoints, ``cfg.batch_size`` is the global batch). ``loss_fn(model, batch) -> dict`` returns at least the scalar
+tensor ``"loss"``; every other entry is logged. A loop for another model is ``Trainer(...).fit(make_batches)``, e.g.
+the count denoiser: ``loss_fn = lambda model, batch: {"loss": cross_entropy(model(z_t, t, labels), counts)}``.
+
+``fit_tokenizer`` trains ``SetTokenizer`` on images: stage 1 (L2 + quantizer losses, all weights) and, if
+``train_cfg.disc_steps > 0``, stage 2 (decoder only, L2 + a hinge patch-discriminator loss, as in the paper's
+recipe). It writes ``out_dir/checkpoint.pt``, ``out_dir/log.csv`` and ``out_dir/loss_curve.png`` and returns the
+final validation metrics of the EMA weights.
+
+Images are passed as uint8 tensors (N, 3, H, W) in [0, 255] (``tokenset.data.load_arrays``), the fast path for data
+that fits in memory; a ``torch.utils.data.Dataset`` yielding ``(uint8 image (3, H, W), label)`` (e.g.
+``tokenset.data.load_dataset(cfg, split)`` for an ImageFolder) is read through a DataLoader instead.
+
+``python -m tokenset.train --params params.yaml --out results/tokenizer`` runs ``fit_tokenizer`` from the
+``data``/``tokenizer``/``train`` sections; under ``torchrun`` it initialises the process group itself.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from tokenset.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from tokenset import generators
+from tokenset.config import DenoiserConfig, FSDDConfig, TokenizerConfig, TrainConfig
+from tokenset.data import random_hflip, to_float
+from tokenset.quantizer import code_statistics
+from tokenset.tokenizer import SetTokenizer
+
+__all__ = ["Trainer", "WarmupCosine", "PatchDiscriminator", "fit_tokenizer", "fit_generator", "evaluate_tokenizer", "psnr",
+           "image_batches", "plot_log", "main"]
+
+Batches = Callable[[int], Iterator[Any]]  # start step -> an iterator of batches for steps start, start+1, ...
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB of images in [-1, 1] (i.e. on the [0, 1] scale, peak 1): (B, ...) -> (B,)."""
+    mse = ((reconstruction.float().clamp(-1, 1) - target.float()) / 2).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
+
+
+class WarmupCosine:
+    """Learning-rate factor: linear warm-up over ``warmup`` steps to 1, then cosine decay to ``floor`` at
+    progress 1. Progress is ``step / total``, or, with a time budget and ``by_time``, the larger of that and the
+    fraction of the budget spent (so the decay completes within the budget; not bit-reproducible)."""
+
+    def __init__(self, warmup: int, total: int, floor: float = 0.0) -> None:
+        self.warmup, self.total, self.floor = warmup, max(total, 1), floor
+        self.last_factor = 0.0
+
+    def factor(self, step: int, time_fraction: float = 0.0) -> float:
+        if step < self.warmup:
+            f = (step + 1) / self.warmup
+        else:
+            span = max(self.total - self.warmup, 1)
+            progress = min(max((step - self.warmup) / span, time_fraction), 1.0)
+            f = self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        self.last_factor = f
+        return f
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"warmup": self.warmup, "total": self.total, "floor": self.floor, "last_factor": self.last_factor}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.warmup, self.total = int(state["warmup"]), int(state["total"])
+        self.floor, self.last_factor = float(state["floor"]), float(state["last_factor"])
+
+
+class _CsvLog:
+    """Rows of scalars in a CSV file; a new column rewrites the file with the union of columns."""
+
+    def __init__(self, path: Path, truncate_after: int | None) -> None:
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+        if path.is_file():
+            with path.open(newline="") as fh:
+                self.rows = list(csv.DictReader(fh))
+            if truncate_after is not None:  # rows logged after the checkpoint we resume from are redone
+                self.rows = [r for r in self.rows if int(float(r["step"])) <= truncate_after]
+            else:
+                self.rows = []
+        self._write()
+
+    def append(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        self._write()
+
+    def _write(self) -> None:
+        fields: list[str] = []
+        for r in self.rows:
+            fields += [k for k in r if k not in fields]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=fields or ["step"])
+            writer.writeheader()
+            writer.writerows(self.rows)
+        os.replace(tmp, self.path)
+
+
+# --------------------------------------------------------------------------------------------- the loop core
+
+
+class Trainer:
+    """The optimisation loop shared by every model of the library (see the module docstring).
+
+    model: the module to train (wrapped in DDP when a process group is initialised); loss_fn(model, batch) -> dict
+    with a scalar "loss"; config: the resolved configuration saved in every checkpoint; eval_fn(ema_model, step) ->
+    dict of floats, logged (rank 0 only); params: the parameters to optimise (default: all that require grad);
+    name: checkpoint ``out_dir/{name}.pt`` and log ``out_dir/{log_name}``; stage: recorded in log and checkpoint.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: TrainConfig,
+        out_dir: str | Path,
+        *,
+        loss_fn: Callable[[nn.Module, Any], dict[str, torch.Tensor]],
+        config: dict[str, Any],
+        device: str | torch.device = "cpu",
+        eval_fn: Callable[[nn.Module, int], dict[str, float]] | None = None,
+        params: list[nn.Parameter] | None = None,
+        total_steps: int | None = None,
+        first_step: int = 0,
+        name: str = "checkpoint",
+        log_name: str = "log.csv",
+        stage: int = 1,
+        progress: bool = True,
+    ) -> None:
+        self.cfg, self.loss_fn, self.eval_fn, self.config = cfg, loss_fn, eval_fn, config
+        self.device = torch.device(device)
+        self.out_dir = Path(out_dir)
+        self.ckpt_path = self.out_dir / f"{name}.pt"
+        self.log_path = self.out_dir / log_name
+        self.stage, self.progress = stage, progress
+        self.rank, self.world = _rank_world()
+        self.first_step = first_step
+        self.total_steps = cfg.steps if total_steps is None else total_steps  # this loop's steps
+        self.step = first_step
+        self.elapsed = 0.0  # wall seconds of training so far (carried across resumes and stages)
+        self.model = model.to(self.device)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self.ddp = self.wrap(self.trained_module())  # what loss_fn / train_step call (DDP when distributed)
+        if params is None:
+            params = [p for p in self.model.parameters() if p.requires_grad]
+        ids = {id(p) for p in params}
+        named = [(n, p) for n, p in self.model.named_parameters() if id(p) in ids]
+        no_decay = ("embedding", "latent_tokens", "mask_token", "codebook", "seeds")
+        decay = [p for n, p in named if p.ndim >= 2 and not any(k in n for k in no_decay)]
+        other = [p for n, p in named if not (p.ndim >= 2 and not any(k in n for k in no_decay))]
+        self.params = [p for _, p in named]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}],
+            lr=cfg.lr, betas=(0.9, 0.99))
+        self.scheduler = WarmupCosine(cfg.warmup_steps, self.total_steps)
+        self._sums: dict[str, float] = {}
+        self._count = 0
+
+    def trained_module(self) -> nn.Module:
+        """The module whose forward a training step calls (override when a step uses a part of the model)."""
+        return self.model
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        """DDP around ``module`` when a process group is initialised (gradients of trainable parameters are
+        all-reduced; frozen ones are skipped), else ``module`` itself."""
+        if self.world == 1:
+            return module
+        return nn.parallel.DistributedDataParallel(
+            module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    # ------------------------------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resume needs, weights_only-loadable."""
+        return {
+            "model": self.model.state_dict(), "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "step": self.step, "first_step": self.first_step, "stage": self.stage, "elapsed_s": self.elapsed,
+            "rng": rng_state(),
+            "config": self.config, **self.extra_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        try:
+            self.model.load_state_dict(state["model"])
+            self.ema.load_state_dict(state["ema"])
+        except RuntimeError as err:
+            raise ValueError(f"{self.ckpt_path}: the checkpoint's weights do not fit this model "
+                             f"(another preset?): {str(err).splitlines()[0]}") from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.elapsed = int(state["step"]), float(state["elapsed_s"])
+        self.first_step = int(state.get("first_step", self.first_step))
+        set_rng_state(state["rng"])
+        self.load_extra_state(state)
+
+    def extra_state(self) -> dict[str, Any]:
+        """Override to checkpoint more (e.g. a discriminator and its optimizer)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def save(self) -> None:
+        if self.rank == 0:
+            save_checkpoint(self.ckpt_path, self.state_dict())
+        if self.world > 1:
+            dist.barrier()
+
+    def resume(self) -> bool:
+        """Load ``ckpt_path`` if it exists and belongs to this stage; True if loaded."""
+        if not self.ckpt_path.is_file():
+            return False
+        state = load_checkpoint(self.ckpt_path, map_location=self.device)
+        if int(state.get("stage", 1)) != self.stage:
+            return False
+        saved = state.get("config")
+        if saved != self.config:
+            raise ValueError(f"{self.ckpt_path} was written with another configuration; delete it or use another "
+                             f"out_dir (saved: {saved}, now: {self.config})")
+        self.load_state_dict(state)
+        return True
+
+    # ------------------------------------------------------------------------------------------ one step
+
+    def train_step(self, batch: Any) -> dict[str, float]:
+        """One optimisation step on ``batch`` (override for multi-network steps, e.g. GANs)."""
+        self.ddp.train()
+        out = self.loss_fn(self.ddp, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        out["grad_norm"] = nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        self.optimizer.step()
+        self.update_ema()
+        return {k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for k, v in out.items()}
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """ema <- d * ema + (1 - d) * model, with d = min(ema_decay, (1 + n) / (10 + n)) after n updates
+        (the warm-up keeps early EMA weights from being dominated by the random init); buffers are copied."""
+        n = self.step - self.first_step
+        d = min(self.cfg.ema_decay, (1 + n) / (10 + n))
+        for e, p in zip(self.ema.parameters(), self.model.parameters()):
+            e.lerp_(p.detach(), 1 - d)
+        for e, b in zip(self.ema.buffers(), self.model.buffers()):
+            e.copy_(b)
+
+    def _set_lr(self) -> None:
+        budget = self.cfg.max_minutes * 60
+        time_fraction = self.elapsed / budget if (budget > 0 and self.cfg.anneal_to_budget) else 0.0
+        factor = self.scheduler.factor(self.step - self.first_step, time_fraction)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.cfg.lr * factor
+
+    # ------------------------------------------------------------------------------------------ the loop
+
+    def fit(self, batches: Batches, resume: bool = True) -> dict[str, Any]:
+        """Train until ``first_step + total_steps`` steps (or the time budget); returns the last log row."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        resumed = resume and self.resume()
+        end = self.first_step + self.total_steps
+        log = _CsvLog(self.log_path, truncate_after=self.step) if self.rank == 0 else None
+        budget = self.cfg.max_minutes * 60
+        last: dict[str, Any] = {}
+        bar = tqdm(total=end, initial=self.step, desc=f"stage {self.stage}", dynamic_ncols=True,
+                   disable=not self.progress or self.rank != 0, leave=False)
+        it = batches(self.step)
+        try:
+            while self.step < end:
+                if budget > 0 and self.elapsed >= budget:
+                    break
+                t0 = time.perf_counter()
+                self._set_lr()
+                out = self.train_step(_to_device(next(it), self.device))
+                self.step += 1
+                self.elapsed += time.perf_counter() - t0
+                for k, v in out.items():
+                    self._sums[k] = self._sums.get(k, 0.0) + v
+                self._count += 1
+                bar.update(1)
+                if self.step % self.cfg.log_every == 0 or self.step == end:
+                    last = self._log(log)
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in last.items() if k in ("loss", "val_psnr")})
+                if self.step % self.cfg.ckpt_every == 0 and self.step < end:
+                    self.save()
+        finally:
+            bar.close()
+        if self._count:  # a budget stop between log rows still logs the partial interval
+            last = self._log(log)
+        self.save()
+        return last
+
+    def _log(self, log: _CsvLog | None) -> dict[str, Any]:
+        row: dict[str, Any] = {"step": self.step, "stage": self.stage,
+                               "lr": self.cfg.lr * self.scheduler.last_factor, "elapsed_s": round(self.elapsed, 3)}
+        row.update({k: v / max(self._count, 1) for k, v in self._sums.items()})
+        self._sums, self._count = {}, 0
+        if self.eval_fn is not None and self.rank == 0:
+            t0 = time.perf_counter()
+            row.update(self.eval_fn(self.ema, self.step))
+            row["eval_s"] = round(time.perf_counter() - t0, 3)
+        if log is not None:
+            log.append(row)
+        return row
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+class _StepSampler(Sampler[list[int]]):
+    """Batches of indices for steps start, start+1, ...: epoch e is a permutation seeded by (seed, e), sharded
+    over ranks, cut into full batches. Batch s is the same whatever step the iteration starts at."""
+
+    def __init__(self, n: int, batch: int, seed: int, start: int, rank: int, world: int) -> None:
+        self.n, self.batch, self.seed, self.start, self.rank, self.world = n, batch, seed, start, rank, world
+        self.per_epoch = (n // world) // batch
+        if self.per_epoch < 1:
+            raise ValueError(f"{n} training images are fewer than one batch of {batch} per rank x {world} ranks")
+
+    def __iter__(self) -> Iterator[list[int]]:
+        step = self.start
+        while True:
+            epoch, k = divmod(step, self.per_epoch)
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            order = torch.randperm(self.n, generator=g)[self.rank::self.world]
+            for j in range(k, self.per_epoch):
+                yield order[j * self.batch:(j + 1) * self.batch].tolist()
+            step = (epoch + 1) * self.per_epoch
+
+    def __len__(self) -> int:  # infinite in practice; DataLoader only needs a number
+        return 1 << 62
+
+
+def image_batches(data: torch.Tensor | Dataset, batch_size: int, seed: int, flip: bool,
+                  num_workers: int = 0, rotate: bool = False) -> Batches:
+    """A ``Batches`` of float images (B, 3, H, W) in [-1, 1] from uint8 images (N, 3, H, W) or a Dataset of
+    (uint8 (3, H, W), label); ``batch_size`` is global (divided over ranks). Augmentation, drawn per (seed, step,
+    rank): ``flip`` left-right flips, ``rotate`` rotations by k * 90 degrees (square images)."""
+    rank, world = _rank_world()
+    if batch_size % world:
+        raise ValueError(f"batch_size={batch_size} is not divisible by the {world} processes")
+    local = batch_size // world
+
+    def flip_and_scale(images: torch.Tensor, step: int) -> torch.Tensor:
+        if images.dtype != torch.uint8:
+            raise ValueError(f"training images must be uint8 in [0, 255], got {images.dtype}")
+        g = torch.Generator().manual_seed(seed * 7_919 + step * 104_729 + rank)
+        if flip:
+            images = random_hflip(images, g)
+        if rotate:
+            k = torch.randint(4, (images.shape[0],), generator=g)
+            images = torch.stack([img.rot90(int(r), dims=(-2, -1)) for img, r in zip(images, k)])
+        return to_float(images)
+
+    def make(start: int) -> Iterator[torch.Tensor]:
+        sampler = _StepSampler(len(data), local, seed, start, rank, world)
+        if isinstance(data, torch.Tensor):
+            for step, idx in enumerate(sampler, start):
+                yield flip_and_scale(data[idx], step)
+        else:
+            loader = DataLoader(data, batch_sampler=sampler, num_workers=num_workers,
+                                generator=torch.Generator().manual_seed(seed))
+            for step, (images, _) in enumerate(loader, start):
+                yield flip_and_scale(images, step)
+
+    return make
+
+
+def _check_images_arg(images: Any, name: str, size: int) -> None:
+    if isinstance(images, torch.Tensor):
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"{name}: expected uint8 images (N, 3, {size}, {size}), "
+                             f"got {images.dtype} of shape {tuple(images.shape)}")
+        if tuple(images.shape[2:]) != (size, size):
+            raise ValueError(f"{name}: expected images of {size}x{size} (tokenizer image_size), "
+                             f"got {images.shape[2]}x{images.shape[3]}")
+        if images.shape[0] == 0:
+            raise ValueError(f"{name}: no images")
+    elif not isinstance(images, Dataset):
+        raise ValueError(f"{name}: expected a uint8 tensor (N, 3, H, W) or a torch Dataset of (uint8 image, label), "
+                         f"got {type(images).__name__}")
+
+
+# --------------------------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate_tokenizer(model: SetTokenizer, images: torch.Tensor | Dataset, batch_size: int = 256,
+                       limit: int = 0, device: str | torch.device | None = None) -> dict[str, float]:
+    """Validation metrics of ``model`` on uint8 images: mean per-image PSNR (dB), and statistics of the validation
+    tokens: codebook usage (fraction of codes used by the whole set), entropy (bits) and perplexity of the code
+    histogram, distinct codes per image, largest repeat count of one code in an image (means)."""
+    was_training = model.training
+    model.eval()
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    n = len(images) if limit <= 0 else min(limit, len(images))
+    counts = torch.zeros(model.cfg.codebook_size, dtype=torch.float64)
+    psnrs, distinct, repeat = [], [], []
+    for lo in range(0, n, batch_size):
+        if isinstance(images, torch.Tensor):
+            batch = images[lo:lo + batch_size][: n - lo]
+        else:
+            batch = torch.stack([images[i][0] for i in range(lo, min(lo + batch_size, n))])
+        x = to_float(batch).to(device)
+        tokens = model.encode(x)
+        recon = model.decode(tokens)
+        psnrs.append(psnr(recon, x).cpu())
+        per_image = torch.zeros(tokens.shape[0], model.cfg.codebook_size, dtype=torch.int64, device=tokens.device)
+        per_image.scatter_add_(1, tokens, torch.ones_like(tokens))
+        counts += per_image.sum(0).double().cpu()
+        distinct.append((per_image > 0).sum(1).float().cpu())
+        repeat.append(per_image.max(1).values.float().cpu())
+    model.train(was_training)
+    stats = code_statistics(counts)
+    return {"val_psnr": float(torch.cat(psnrs).mean()), "val_usage": float(stats["usage"]),
+            "val_entropy": float(stats["entropy"]), "val_perplexity": float(stats["perplexity"]),
+            "val_distinct": float(torch.cat(distinct).mean()), "val_max_repeat": float(torch.cat(repeat).mean())}
+
+
+# --------------------------------------------------------------------------------------------- stage 2
+
+
+class PatchDiscriminator(nn.Module):
+    """A small PatchGAN: 4x4 convs (stride 2, then 1) with GroupNorm and LeakyReLU, one real/fake logit per patch:
+    (B, 3, H, W) -> (B, 1, h, w)."""
+
+    def __init__(self, channels: int = 3, width: int = 64, layers: int = 3) -> None:
+        super().__init__()
+        mods: list[nn.Module] = []
+        c_in, c = channels, width
+        for i in range(layers):
+            mods += [nn.Conv2d(c_in, c, 4, stride=2 if i < layers - 1 else 1, padding=1)]
+            if i > 0:
+                mods += [nn.GroupNorm(min(32, c // 4), c)]
+            mods += [nn.LeakyReLU(0.2)]
+            c_in, c = c, min(c * 2, 8 * width)
+        mods += [nn.Conv2d(c_in, 1, 3, padding=1)]
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class _DecoderStep(nn.Module):
+    """Stage 2's generator: frozen encoder + quantizer (no gradients), trainable decoder: images -> reconstruction."""
+
+    def __init__(self, tokenizer: SetTokenizer) -> None:
+        super().__init__()
+        self.tokenizer = tokenizer
+
+    def train(self, mode: bool = True) -> "_DecoderStep":
+        """Only the decoder ever trains here: encoder and quantizer stay in eval mode (no dead-code restarts)."""
+        super().train(mode)
+        self.tokenizer.encoder.eval()
+        self.tokenizer.quantizer.eval()
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            codes, _, _ = self.tokenizer.quantize(images)
+        return self.tokenizer.decode_codes(codes)  # in training mode: the tokens in a random order per sample
+
+
+class _DecoderGanTrainer(Trainer):
+    """Stage 2: the decoder alone learns from L2 + disc_weight * hinge generator loss against a PatchGAN that
+    learns from the hinge loss; encoder and quantizer are frozen (tokens are computed without gradients)."""
+
+    def __init__(self, model: SetTokenizer, cfg: TrainConfig, out_dir: str | Path, **kw: Any) -> None:
+        super().__init__(model, cfg, out_dir, loss_fn=self._unused, params=list(model.decoder.parameters()), **kw)
+        self.disc = PatchDiscriminator(model.cfg.channels_in).to(self.device)
+        self.disc_ddp = self.wrap(self.disc)
+        self.disc_opt = torch.optim.AdamW(self.disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9),
+                                          weight_decay=cfg.weight_decay)
+
+    def trained_module(self) -> nn.Module:
+        return _DecoderStep(self.model)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _unused(model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        raise AssertionError("stage 2 overrides train_step")
+
+    def train_step(self, batch: torch.Tensor) -> dict[str, float]:
+        self.ddp.train()
+        recon = self.ddp(batch)
+        # discriminator step (hinge)
+        for p in self.disc.parameters():
+            p.requires_grad_(True)
+        logits = self.disc_ddp(torch.cat([batch, recon.detach()]))  # one forward per backward (DDP)
+        real, fake = logits.chunk(2)
+        d_loss = F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+        self.disc_opt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        nn.utils.clip_grad_norm_(self.disc.parameters(), self.cfg.grad_clip)
+        for g in self.disc_opt.param_groups:
+            g["lr"] = self.optimizer.param_groups[0]["lr"]
+        self.disc_opt.step()
+        # decoder step
+        for p in self.disc.parameters():
+            p.requires_grad_(False)
+        recon_loss = F.mse_loss(recon, batch)
+        g_loss = -self.disc(recon).mean()  # the frozen discriminator: no DDP, no gradients to reduce
+        loss = recon_loss + self.cfg.disc_weight * g_loss
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        self.optimizer.step()
+        self.update_ema()
+        return {"loss": float(loss.detach()), "recon_loss": float(recon_loss.detach()),
+                "g_loss": float(g_loss.detach()), "d_loss": float(d_loss.detach()), "grad_norm": float(grad_norm)}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"disc": self.disc.state_dict(), "disc_optimizer": self.disc_opt.state_dict()}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.disc.load_state_dict(state["disc"])
+        self.disc_opt.load_state_dict(state["disc_optimizer"])
+
+
+# --------------------------------------------------------------------------------------------- the recipe
+
+
+def _tokenizer_loss(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    _, out = model(images)
+    return out
+
+
+def fit_tokenizer(
+    tok_cfg: TokenizerConfig,
+    train_cfg: TrainConfig,
+    train_images: torch.Tensor | Dataset,
+    val_images: torch.Tensor | Dataset,
+    out_dir: str | Path,
+    device: str | torch.device = "cpu",
+    resume: bool = True,
+    progress: bool = True,
+    plot: bool = True,
+) -> dict[str, Any]:
+    """Train a ``SetTokenizer`` (stage 1, then stage 2 if ``train_cfg.disc_steps``) and evaluate its EMA weights.
+
+    train_images, val_images: uint8 (N, 3, S, S) tensors with S = tok_cfg.image_size (or Datasets of (uint8 image,
+    label)). Writes out_dir/checkpoint.pt (model, EMA, optimizer, scheduler, step, RNG, config), out_dir/log.csv,
+    out_dir/loss_curve.png (unless ``plot=False``). With ``resume`` an existing checkpoint of the same configuration
+    is continued at its step (a finished run returns its metrics without training). Returns: val_psnr (dB, mean
+    per image, EMA weights), val_psnr_raw (the raw weights), val token statistics (val_usage, val_entropy, ...),
+    train usage / entropy of the last log interval, steps, wall_time_s (training only), and the resolved config.
+    """
+    if not isinstance(tok_cfg, TokenizerConfig) or not isinstance(train_cfg, TrainConfig):
+        raise ValueError(f"fit_tokenizer expects (TokenizerConfig, TrainConfig), got "
+                         f"({type(tok_cfg).__name__}, {type(train_cfg).__name__})")
+    _check_images_arg(train_images, "train_images", tok_cfg.image_size)
+    _check_images_arg(val_images, "val_images", tok_cfg.image_size)
+    out_dir = Path(out_dir)
+    device = torch.device(device)
+    rank, _ = _rank_world()
+    config = {"tokenizer": tok_cfg.to_dict(), "train": train_cfg.to_dict()}
+    torch.manual_seed(train_cfg.seed)
+    model = SetTokenizer(tok_cfg)
+    torch.manual_seed(train_cfg.seed + rank)  # per-rank streams for shuffles and restarts
+    val_limit = train_cfg.val_limit
+
+    def eval_fn(ema: nn.Module, step: int) -> dict[str, float]:
+        return evaluate_tokenizer(ema, val_images, limit=val_limit, device=device)
+
+    batches = image_batches(train_images, train_cfg.batch_size, train_cfg.seed, train_cfg.flip,
+                            train_cfg.num_workers, rotate=train_cfg.rotate)
+    stage1 = Trainer(model, train_cfg, out_dir, loss_fn=_tokenizer_loss, config=config, device=device,
+                     eval_fn=eval_fn, stage=1, progress=progress)
+    stage2_ckpt = None
+    if resume and train_cfg.disc_steps > 0 and stage1.ckpt_path.is_file():
+        state = load_checkpoint(stage1.ckpt_path, map_location=device)
+        stage2_ckpt = state if int(state.get("stage", 1)) == 2 else None
+    last = {} if stage2_ckpt is not None else stage1.fit(batches, resume=resume)
+    trainer = stage1
+    if train_cfg.disc_steps > 0:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in model.decoder.parameters():
+            p.requires_grad_(True)
+        stage2 = _DecoderGanTrainer(model, train_cfg, out_dir, config=config, device=device, eval_fn=eval_fn,
+                                    total_steps=train_cfg.disc_steps, first_step=train_cfg.steps, stage=2,
+                                    progress=progress)
+        if stage2_ckpt is None:  # stage 2 starts from stage 1's EMA weights (raw = EMA; the frozen parts stay so)
+            model.load_state_dict(stage1.ema.state_dict())
+            stage2.ema.load_state_dict(stage1.ema.state_dict())
+            stage2.elapsed = stage1.elapsed
+            stage2.step = stage2.first_step = stage1.step
+        last = stage2.fit(batches, resume=resume)
+        trainer = stage2
+    metrics: dict[str, Any] = {}
+    if rank == 0:
+        final = evaluate_tokenizer(trainer.ema, val_images, device=device)
+        raw = evaluate_tokenizer(trainer.model, val_images, device=device)  # type: ignore[arg-type]
+        metrics = {**final, "val_psnr_raw": raw["val_psnr"],
+                   "train_usage": last.get("usage"), "train_entropy": last.get("entropy"),
+                   "steps": trainer.step, "wall_time_s": round(trainer.elapsed, 1),
+                   "stopped_by_budget": trainer.step < train_cfg.steps + train_cfg.disc_steps,
+                   "config": config}
+        if plot:
+            plot_log(trainer.log_path, out_dir / "loss_curve.png")
+    return metrics
+
+
+def plot_log(csv_path: str | Path, png_path: str | Path) -> Path:
+    """Loss curve figure from a training log: reconstruction loss, validation PSNR and codebook usage vs step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    df = pd.read_csv(csv_path)
+    panels = [c for c in ("recon_loss", "val_psnr", "val_usage") if c in df.columns]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3), squeeze=False)
+    for ax, col in zip(axes[0], panels):
+        sns.lineplot(data=df, x="step", y=col, hue="stage" if df["stage"].nunique() > 1 else None, ax=ax,
+                     marker="o", markersize=3)
+        if col == "recon_loss":
+            ax.set_yscale("log")
+    fig.tight_layout()
+    png_path = Path(png_path)
+    fig.savefig(png_path, dpi=120)
+    plt.close(fig)
+    return png_path
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """``python -m tokenset.train [--params params.yaml] [--out results/tokenizer] [--device cpu] [--fresh]``.
+
+    Trains the tokenizer of the params file's ``tokenizer``/``train`` sections on its ``data`` section and
+    writes metrics.json next to the checkpoint. Under ``torchrun`` (RANK/WORLD_SIZE set) it joins the process
+    group (nccl on CUDA, else gloo) and each rank uses cuda:LOCAL_RANK when --device is cuda.
+    """
+    import argparse
+    import json
+
+    from tokenset import data as data_mod
+    from tokenset.config import load_params
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--out", default="results/tokenizer")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --out")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+    data_cfg = load_params(args.params, "data")
+    tok_cfg = load_params(args.params, "tokenizer")
+    train_cfg = load_params(args.params, "train")
+    if data_cfg.name == "imagefolder":
+        train_data: Any = data_mod.load_dataset(data_cfg, "train")
+        val_data: Any = data_mod.load_dataset(data_cfg, "val")
+    else:
+        train_data = data_mod.load_arrays(data_cfg, "train")[0]
+        val_data = data_mod.load_arrays(data_cfg, "val")[0]
+    metrics = fit_tokenizer(tok_cfg, train_cfg, train_data, val_data, args.out, device=device,
+                            resume=not args.fresh)
+    if _rank_world()[0] == 0:
+        (Path(args.out) / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        print(json.dumps({k: v for k, v in metrics.items() if k != "config"}, indent=1))
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
+
+
+# --------------------------------------------------------------------------------------------- generators
+
+
+def fit_generator(
+    name: str,
+    den_cfg: DenoiserConfig,
+    fsdd_cfg: FSDDConfig,
+    train_cfg: TrainConfig,
+    tokens: torch.Tensor,
+    labels: torch.Tensor,
+    out_dir: str | Path,
+    device: str | torch.device = "cpu",
+    resume: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train generator ``name`` of ``tokenset.generators.GENERATORS`` on the tokens of its frozen tokenizer.
+
+    tokens: (N, M) int64 in [0, C) (e.g. ``generators.encode_cached``); labels: (N,) int64 in [0, num_classes).
+    The generator sees ``generators.model_input(name, tokens)`` (counts for FSDD, sequences for the baselines).
+    The same ``Trainer`` as the tokenizer: AdamW, warm-up + cosine, EMA, atomic resumable checkpoints
+    (out_dir/checkpoint.pt) and a CSV log (out_dir/log.csv). Returns the last logged loss, steps, wall time, the
+    resolved config and the trained EMA model ("model", in eval mode).
+    """
+    if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or tokens.shape[1] != den_cfg.total:
+        got = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+        raise ValueError(f"tokens: expected (N, {den_cfg.total}) int64 codes (M = denoiser total), got {got}")
+    if not isinstance(labels, torch.Tensor) or labels.shape != (tokens.shape[0],) or labels.dtype != torch.int64:
+        got = (labels.dtype, tuple(labels.shape)) if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ValueError(f"labels: expected int64 of shape ({tokens.shape[0]},), got {got}")
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= den_cfg.num_classes):
+        raise ValueError(f"labels: expected values in [0, {den_cfg.num_classes}) (denoiser num_classes), got "
+                         f"[{int(labels.min())}, {int(labels.max())}]")
+    inputs = generators.model_input(name, tokens, den_cfg.codebook_size)
+    config = {"generator": name, "denoiser": den_cfg.to_dict(), "fsdd": fsdd_cfg.to_dict(),
+              "train": train_cfg.to_dict()}
+    torch.manual_seed(train_cfg.seed)
+    model = generators.build_generator(name, den_cfg)
+    rank, world = _rank_world()
+    if train_cfg.batch_size % world:
+        raise ValueError(f"batch_size={train_cfg.batch_size} is not divisible by the {world} processes")
+
+    def batches(start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for idx in _StepSampler(len(inputs), train_cfg.batch_size // world, train_cfg.seed, start, rank, world):
+            yield inputs[idx], labels[idx]
+
+    trainer = Trainer(model, train_cfg, out_dir, loss_fn=generators.GeneratorLoss(name, den_cfg, fsdd_cfg),
+                      config=config, device=device, progress=progress)
+    last = trainer.fit(batches, resume=resume)
+    if not last.get("loss") and trainer.log_path.is_file():  # resumed a finished run: report its last log row
+        with trainer.log_path.open() as fh:
+            rows = list(csv.DictReader(fh))
+        last = {"loss": float(rows[-1]["loss"])} if rows else {}
+    return {"loss": last.get("loss"), "steps": trainer.step, "wall_time_s": round(trainer.elapsed, 1),
+            "config": config, "model": trainer.ema.eval()}
