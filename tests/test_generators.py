@@ -1,0 +1,91 @@
+"""The generator registry, fit_generator, sampling to token rows, caching and checkpoint loading."""
+
+import pytest
+import torch
+
+from tokenset import generators
+from tokenset.bijection import set_to_counts
+from tokenset.config import DenoiserConfig, FSDDConfig, TrainConfig
+from tokenset.train import fit_generator
+
+C, M, K = 16, 6, 2
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def toy_tokens(n=24, seed=0):
+    """Two classes with disjoint code ranges, so a generator that learns anything separates them."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % K
+    tokens = torch.randint(0, C // 2, (n, M), generator=g) + labels[:, None] * (C // 2)
+    return tokens, labels
+
+
+CFG = DenoiserConfig.preset("tiny", codebook_size=C, total=M, num_classes=K)
+FSDD_CFG = FSDDConfig.preset("tiny")
+TRAIN = TrainConfig.preset("tiny", steps=30, batch_size=8, lr=3e-3, log_every=10, ckpt_every=15)
+
+
+def test_model_input_views():
+    tokens = torch.tensor([[3, 1, 3, 0, 2, 1]])
+    assert torch.equal(generators.model_input("fsdd", tokens, C), set_to_counts(tokens, C))
+    assert generators.model_input("masked_sorted", tokens, C).tolist() == [[0, 1, 1, 2, 3, 3]]
+    assert generators.model_input("masked_ordered", tokens, C).tolist() == tokens.tolist()
+    with pytest.raises(ValueError, match="unknown generator 'gan'"):
+        generators.model_input("gan", tokens, C)
+
+
+@pytest.mark.parametrize("name", sorted(generators.GENERATORS))
+def test_fit_generate_and_reload(tmp_path, name):
+    tokens, labels = toy_tokens()
+    fit = fit_generator(name, CFG, FSDD_CFG, TRAIN, tokens, labels, tmp_path, progress=False)
+    assert fit["steps"] == TRAIN.steps and (tmp_path / "checkpoint.pt").is_file()
+    log = (tmp_path / "log.csv").read_text().splitlines()
+    losses = [float(r.split(",")[4]) for r in log[1:]]
+    assert losses[-1] < losses[0], f"{name}: loss did not decrease: {losses}"
+    sampled = generators.generate(name, fit["model"], torch.tensor([0, 1, 1]), FSDD_CFG,
+                                  generator=torch.Generator().manual_seed(0))
+    assert sampled.shape == (3, M) and sampled.dtype == torch.int64
+    assert int(sampled.min()) >= 0 and int(sampled.max()) < C
+    loaded_name, model = generators.load_generator(tmp_path / "checkpoint.pt")
+    assert loaded_name == name
+    for a, b in zip(model.state_dict().values(), fit["model"].state_dict().values()):
+        assert torch.equal(a, b)
+    again = fit_generator(name, CFG, FSDD_CFG, TRAIN, tokens, labels, tmp_path, progress=False)  # finished: no-op
+    assert again["steps"] == TRAIN.steps and again["loss"] == pytest.approx(losses[-1])
+
+
+def test_fit_generator_bad_inputs(tmp_path):
+    tokens, labels = toy_tokens()
+    with pytest.raises(ValueError, match=r"tokens: expected \(N, 6\)"):
+        fit_generator("fsdd", CFG, FSDD_CFG, TRAIN, tokens[:, :3], labels, tmp_path)
+    with pytest.raises(ValueError, match="labels: expected int64"):
+        fit_generator("fsdd", CFG, FSDD_CFG, TRAIN, tokens, labels.float(), tmp_path)
+    with pytest.raises(ValueError, match=r"labels: expected values in \[0, 2\)"):
+        fit_generator("fsdd", CFG, FSDD_CFG, TRAIN, tokens, labels + 5, tmp_path)
+    with pytest.raises(ValueError, match="unknown generator"):
+        fit_generator("vae", CFG, FSDD_CFG, TRAIN, tokens, labels, tmp_path)
+
+
+def test_load_generator_refuses_other_checkpoints(tmp_path):
+    from tokenset.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "x.pt", {"config": {"tokenizer": {}}, "ema": {}})
+    with pytest.raises(ValueError, match="not a generator checkpoint"):
+        generators.load_generator(tmp_path / "x.pt")
+
+
+def test_fsdd_loss_by_t_shape_and_values():
+    tokens, labels = toy_tokens(8)
+    model = generators.build_generator("fsdd", CFG)
+    counts = set_to_counts(tokens, C)
+    table = generators.fsdd_loss_by_t(model, FSDD_CFG, counts, labels, bins=4)
+    assert list(table.t) == [0.125, 0.375, 0.625, 0.875]
+    # adaLN-Zero: an untrained model predicts uniform logits over 0..M, so the loss is log(M + 1) everywhere
+    assert table.loss.tolist() == pytest.approx([torch.log(torch.tensor(M + 1.0)).item()] * 4, rel=1e-5)
