@@ -24,21 +24,21 @@ def test_reorder_orders():
         analysis.reorder(tokens, "random")
 
 
-@pytest.mark.parametrize("ordered", [False, True])
-def test_permutation_spread_separates_set_from_ordered(ordered):
-    torch.manual_seed(0)
-    model = SetTokenizer(TokenizerConfig.preset("tiny", ordered=ordered)).eval()
-    images = torch.randint(0, 256, (5, 3, 16, 16), dtype=torch.uint8)
-    tokens = analysis.encode_images(model, images, batch_size=2)
-    assert tokens.shape == (5, model.cfg.num_tokens)
-    recon = analysis.reconstruct(model, images, batch_size=3)
-    assert recon.dtype == torch.uint8 and recon.shape == images.shape
-    spread = analysis.permutation_spread(model, tokens, num_perms=4, batch_size=2)
-    assert spread.shape == (5, 4)
-    if ordered:
-        assert float(spread.max()) > 1e-4
-    else:
-        assert float(spread.max()) < 1e-5
+def test_permutation_spread_separates_set_from_ordered():
+    images = torch.randint(0, 256, (5, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    spreads = {}
+    for ordered in (False, True):
+        torch.manual_seed(0)
+        model = SetTokenizer(TokenizerConfig.preset("tiny", ordered=ordered)).eval()
+        tokens = analysis.encode_images(model, images, batch_size=2)
+        assert tokens.shape == (5, model.cfg.num_tokens)
+        recon = analysis.reconstruct(model, images, batch_size=3)
+        assert recon.dtype == torch.uint8 and recon.shape == images.shape
+        spreads[ordered] = analysis.permutation_spread(model, tokens, num_perms=4, batch_size=2)
+        assert spreads[ordered].shape == (5, 4)
+    assert float(spreads[False].max()) < 1e-5  # float rounding only
+    # at initialisation the latent positions are small, but they still move the ordered control's decode
+    assert float(spreads[True].max()) > 10 * (float(spreads[False].max()) + 1e-7)
 
 
 def test_encode_images_rejects_float():
@@ -51,6 +51,6 @@ def test_write_table_and_json(tmp_path):
     csv, md = write_table(pd.DataFrame({"a": [1.0, 2.5], "b": ["x", "y"]}), tmp_path / "t" / "table", note="Note.")
     assert pd.read_csv(csv).shape == (2, 2)
     text = md.read_text()
-    assert text.startswith("Note.") and "| a " in text
+    assert text.startswith("Note.") and "|   a | b   |" in text
     path = write_json({"x": torch.tensor(1.5), "inf": float("inf")}, tmp_path / "m.json")
     assert json.loads(path.read_text()) == {"x": 1.5, "inf": "inf"}
