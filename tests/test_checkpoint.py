@@ -107,6 +107,7 @@ def test_malicious_pickle_is_refused_and_not_run(tmp_path):
     assert marker.exists()
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_plain_pickle_file_is_refused(tmp_path):
     marker = tmp_path / "pwned2"
     path = tmp_path / "evil.pkl"
