@@ -10,15 +10,6 @@ from tokenset.config import DenoiserConfig
 from tokenset.denoiser import CountDiT, count_parameters
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny models: thread start-up costs more than it saves (and two threads crawl on a busy 2-core machine)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def cfg_for(codebook_size=16, total=8, **kw):
     return DenoiserConfig.preset("tiny", codebook_size=codebook_size, total=total, **kw)
 

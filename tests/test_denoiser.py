@@ -11,15 +11,6 @@ from tokenset.config import DenoiserConfig
 from tokenset.denoiser import CountDiT, LabelEmbedder, count_parameters
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny models: thread start-up costs more than it saves (and two threads crawl on a busy 2-core machine)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny(codebook_size=12, total=6, **kw):
     return DenoiserConfig.preset("tiny", codebook_size=codebook_size, total=total, **kw)
 

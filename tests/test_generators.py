@@ -11,14 +11,6 @@ from tokenset.train import fit_generator
 C, M, K = 16, 6, 2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def toy_tokens(n=24, seed=0):
     """Two classes with disjoint code ranges, so a generator that learns anything separates them."""
     g = torch.Generator().manual_seed(seed)
