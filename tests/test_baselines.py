@@ -8,19 +8,11 @@ import torch
 from tokenset.baselines import ARTokenTransformer, MaskedTokenTransformer, autoregressive, masked
 from tokenset.config import DenoiserConfig
 from tokenset.denoiser import CountDiT, count_parameters
+from tests.helpers import randomized
 
 
 def cfg_for(codebook_size=16, total=8, **kw):
     return DenoiserConfig.preset("tiny", codebook_size=codebook_size, total=total, **kw)
-
-
-def randomized(model, seed=0, std=0.2):
-    """Every parameter redrawn, so that outputs depend on every input (the read-out starts at zero)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * std)
-    return model
 
 
 def sorted_tokens(cfg, batch, seed=0):

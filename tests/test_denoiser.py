@@ -9,20 +9,11 @@ from hypothesis import strategies as st
 
 from tokenset.config import DenoiserConfig
 from tokenset.denoiser import CountDiT, LabelEmbedder, count_parameters
+from tests.helpers import randomized
 
 
 def tiny(codebook_size=12, total=6, **kw):
     return DenoiserConfig.preset("tiny", codebook_size=codebook_size, total=total, **kw)
-
-
-def randomized(model, seed=0, std=0.2):
-    """The model with every parameter redrawn, so that (unlike the zero-initialised read-out) outputs depend on
-    every input."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * std)
-    return model
 
 
 def inputs(cfg, batch, seed=0):
