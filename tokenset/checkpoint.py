@@ -73,6 +73,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; garbage or a cut-off file is not one
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt (not a torch.save zip archive; "
+                              "expected a file written by save_checkpoint)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:

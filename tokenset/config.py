@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import types
 import typing
 from pathlib import Path
@@ -45,6 +46,9 @@ class Section:
     """Mixin for config dataclasses: presets, validation, (de)serialisation."""
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+    # Fields added after checkpoints were written: ``to_dict`` leaves them out while they hold their default, so a
+    # configuration saved before they existed still equals today's (checkpoint resume compares the two).
+    OMIT_IF_DEFAULT: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def preset(cls: type[T], name: str, /, **overrides: Any) -> T:
@@ -64,6 +68,8 @@ class Section:
         out = {}
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             v = getattr(self, f.name)
+            if f.name in self.OMIT_IF_DEFAULT and v == f.default:
+                continue
             if isinstance(v, enum.Enum):
                 v = v.value
             elif isinstance(v, tuple):
@@ -122,13 +128,17 @@ class TokenizerConfig(Section):
     head_channels: int = 32  # channels of the conv / vqgan pixel head (vqgan: base of its (1,1,2,2,4) multipliers)
     mlp_ratio: float = 4.0
     ordered: bool = False  # True: latent positional embedding + fixed order (the TiTok control)
-    decoder_input: Literal["set", "mean", "pma"] = "set"  # how the decoder sees the tokens (ablation arms)
+    # how the decoder sees the tokens (ablation arms; hungarian / chamfer: tokenset.baselines.matching)
+    decoder_input: Literal["set", "mean", "pma", "hungarian", "chamfer"] = "set"
     commitment_weight: float = 0.25
     codebook_weight: float = 1.0
     dead_code_restart: bool = True  # re-seed unused codes from recent encoder outputs
     dead_code_every: int = 100  # steps between restarts
     channels_in: int = 3
+    match_weight: float = 1.0  # hungarian / chamfer: weight of the matching loss added to the pixel loss
+    slot_depth: int = 1  # hungarian / chamfer: self-attention blocks of the slot generator
 
+    OMIT_IF_DEFAULT: ClassVar[tuple[str, ...]] = ("match_weight", "slot_depth")
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(
             image_size=16, patch_size=4, width=32, depth=1, heads=2, decoder_width=32, decoder_depth=1,
@@ -153,8 +163,10 @@ class TokenizerConfig(Section):
         _check(self, self.width % self.heads == 0, "width", f"divisible by heads={self.heads}")
         _check(self, self.decoder_width % self.decoder_heads == 0, "decoder_width",
                f"divisible by decoder_heads={self.decoder_heads}")
-        for key in ("num_tokens", "codebook_size", "token_dim", "depth", "decoder_depth"):
+        for key in ("num_tokens", "codebook_size", "token_dim", "depth", "decoder_depth", "slot_depth"):
             _check(self, getattr(self, key) >= 1, key, "at least 1")
+        _check(self, math.isfinite(self.match_weight) and self.match_weight >= 0, "match_weight",
+               "a finite non-negative number")
 
     @property
     def grid(self) -> int:
@@ -275,8 +287,8 @@ class EvalConfig(Section):
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(num_samples=64, seeds=(0,), guidance_scales=(1.0,), extractor="dataset"),
-        # 200 samples x 2 seeds keeps stage fid_tables near 10 minutes on 2 CPU cores (Inception ~4 images/s)
-        "small": dict(num_samples=200, seeds=(0, 1), guidance_scales=(1.0, 2.0, 3.0), extractor="inception"),
+        # 128 samples x 2 seeds: stage fid_tables scores ~1.9k images with Inception (~4 images/s on 2 CPU cores)
+        "small": dict(num_samples=128, seeds=(0, 1), guidance_scales=(1.0, 2.0, 3.0), extractor="inception"),
         "paper": dict(num_samples=50_000, seeds=(0,), guidance_scales=(1.0, 2.0, 3.0), extractor="inception"),
     }
 
@@ -290,6 +302,53 @@ class EvalConfig(Section):
         _check(self, self.dataset_extractor_steps >= 1, "dataset_extractor_steps", "at least 1")
 
 
+ABLATION_ARMS = ("set", "ordered", "mean", "pma", "hungarian", "chamfer")
+
+
+@dataclasses.dataclass(frozen=True)
+class AblationConfig(Section):
+    """Pooling vs matching vs set tokens (notebook 06): tokenizer arms trained under one budget.
+
+    Arms: ``set`` (TokenSet), ``ordered`` (TiTok control), ``mean`` / ``pma`` (pooling), ``hungarian`` /
+    ``chamfer`` (matching); each is the ``tokenizer`` section with one switch changed (``ordered`` or
+    ``decoder_input``), trained with the ``train`` section at ``steps`` steps.
+    """
+
+    arms: tuple[Literal["set", "ordered", "mean", "pma", "hungarian", "chamfer"], ...]
+    steps: int  # the shared budget: replaces train.steps for every arm
+    psnr_threshold: float  # dB: report the first logged step (and wall time) at which val PSNR reaches it
+    probe_images: int = 64  # first validation images whose assignment is tracked (matching instability)
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": dict(arms=ABLATION_ARMS, steps=15, psnr_threshold=10.0, probe_images=16),
+        # the tokenizer stage's set arm: 20.27 dB after 1500 steps in 732 s (README); 600 steps keep six arms near
+        # half an hour on 2 CPU cores (an estimate, not yet measured); 18 dB separates fast from slow arms
+        "small": dict(arms=ABLATION_ARMS, steps=600, psnr_threshold=18.0, probe_images=64),
+    }
+
+    def __post_init__(self) -> None:
+        _check(self, len(self.arms) >= 1 and len(set(self.arms)) == len(self.arms), "arms",
+               f"a non-empty list of distinct arms from {list(ABLATION_ARMS)}")
+        _check(self, self.steps >= 1, "steps", "at least 1")
+        _check(self, math.isfinite(self.psnr_threshold) and self.psnr_threshold > 0, "psnr_threshold",
+               "a positive number of dB")
+        _check(self, self.probe_images >= 1, "probe_images", "at least 1")
+
+    @staticmethod
+    def arm_tokenizer(tokenizer: TokenizerConfig, arm: str) -> TokenizerConfig:
+        """The tokenizer of ``arm``: ``tokenizer`` with ``ordered`` and ``decoder_input`` set for it, nothing else."""
+        if arm not in ABLATION_ARMS:
+            raise ValueError(f"arm: expected one of {list(ABLATION_ARMS)}, got {arm!r}")
+        if arm == "ordered":
+            return tokenizer.replace(ordered=True, decoder_input="set")
+        return tokenizer.replace(ordered=False, decoder_input=arm)
+
+    def arm_train(self, train: TrainConfig) -> TrainConfig:
+        """The shared optimisation of every arm: ``train`` at ``steps`` steps, stage 1 only (``disc_steps=0``: the
+        matching loss exists only there) and no wall-clock budget (every arm gets exactly ``steps`` steps)."""
+        return train.replace(steps=self.steps, disc_steps=0, max_minutes=0.0)
+
+
 SECTIONS: dict[str, type[Section]] = {
     "data": DataConfig,
     "tokenizer": TokenizerConfig,
@@ -298,6 +357,7 @@ SECTIONS: dict[str, type[Section]] = {
     "fsdd": FSDDConfig,
     "train_generator": TrainConfig,
     "eval": EvalConfig,
+    "ablation": AblationConfig,
 }
 
 

@@ -91,8 +91,10 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", 
 _MAX_LISTED = 50  # bad files named in an error message; the count is always exact
 
 
-class DataError(RuntimeError):
-    """The data cannot be provided or read as asked; the message says what was found and what to do."""
+class DataError(ValueError, RuntimeError):
+    """The data cannot be provided or read as asked; the message says what was found and what to do.
+
+    A ValueError (bad input: a missing, empty or unreadable data source), and still a RuntimeError as before."""
 
 
 # ----------------------------------------------------------------------------------------- conversions

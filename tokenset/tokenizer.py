@@ -15,7 +15,9 @@ the one difference between the two (paper, Sec. 1).
 
 ``decoder_input`` selects how the decoder sees the tokens (ablation arms): "set" (the M embeddings, above),
 "mean" (their mean, one token: plain pooling), "pma" (M learnable seeds cross-attending to them once: pooling by
-multi-head attention, as in the Set Transformer). All three are permutation invariant.
+multi-head attention, as in the Set Transformer), "hungarian" / "chamfer" (matching: M ordered slots predicted from
+the mean of the embedded tokens, each classified over the codebook and matched to the image's tokens, which serve
+only as training targets; ``tokenset.baselines.matching``). All five are permutation invariant.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from tokenset.baselines.matching import MATCHING_ARMS, SlotGenerator, matching_loss
 from tokenset.bijection import counts_to_set
 from tokenset.config import TokenizerConfig, from_mapping
 from tokenset.quantizer import CosineQuantizer
@@ -229,6 +232,9 @@ class Decoder(nn.Module):
             self.pma_seeds = nn.Parameter(scale * torch.randn(1, cfg.num_tokens, w))
             self.pma_norm = nn.LayerNorm(w)
             self.pma_attn = Attention(w, cfg.decoder_heads)
+        if cfg.decoder_input in MATCHING_ARMS:
+            self.slots = SlotGenerator(w, cfg.num_tokens, cfg.codebook_size, cfg.decoder_heads, cfg.mlp_ratio,
+                                       depth=cfg.slot_depth)
         self.transformer = Transformer(w, cfg.decoder_depth, cfg.decoder_heads, cfg.mlp_ratio)
         if cfg.pixel_head == "linear":
             self.head: nn.Module = LinearHead(w, cfg.patch_size, cfg.grid, cfg.channels_in)
@@ -237,21 +243,34 @@ class Decoder(nn.Module):
         else:
             self.head = VQGANHead(w, cfg.patch_size, cfg.grid, cfg.channels_in, cfg.head_channels)
 
-    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+    def latents(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Unit codes (B, M, D) -> (what the transformer reads beside the grid (B, M', W), slot logits (B, M, C)
+        over the codebook for the matching arms, else None)."""
         b = codes.shape[0]
         latents = self.token_embed(codes)  # (B, M, W)
         if self.latent_positional_embedding is not None:
             latents = latents + self.latent_positional_embedding
         if self.input_mode == "mean":
-            latents = latents.mean(dim=1, keepdim=True)  # (B, 1, W)
-        elif self.input_mode == "pma":
-            latents = self.pma_seeds.expand(b, -1, -1) + self.pma_attn(
-                self.pma_seeds.expand(b, -1, -1), self.pma_norm(latents))  # (B, M, W)
+            return latents.mean(dim=1, keepdim=True), None  # (B, 1, W)
+        if self.input_mode == "pma":
+            return self.pma_seeds.expand(b, -1, -1) + self.pma_attn(
+                self.pma_seeds.expand(b, -1, -1), self.pma_norm(latents)), None  # (B, M, W)
+        if self.input_mode in MATCHING_ARMS:
+            return self.slots(latents.mean(dim=1))  # ordered slots (B, M, W), logits (B, M, C)
+        return latents, None
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_logits(codes)[0]
+
+    def forward_with_logits(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """codes (B, M, D) -> (images (B, 3, H, W) unclamped, slot logits (B, M, C) or None; see ``latents``)."""
+        b = codes.shape[0]
+        latents, logits = self.latents(codes)
         grid = self.mask_token.expand(b, self.positional_embedding.shape[1] - 1, -1)
         x = torch.cat([self.class_embedding.expand(b, -1, -1), grid], dim=1) + self.positional_embedding
         n = x.shape[1]
         x = self.transformer(torch.cat([x, latents], dim=1))  # (B, 1 + N + M', W)
-        return self.head(x[:, 1:n])  # read-out at the N grid positions -> (B, 3, H, W)
+        return self.head(x[:, 1:n]), logits  # read-out at the N grid positions -> (B, 3, H, W)
 
 
 # --------------------------------------------------------------------------------------------- the tokenizer
@@ -308,12 +327,19 @@ class SetTokenizer(nn.Module):
         if h != cfg.image_size or w != cfg.image_size:
             raise ValueError(f"images: size {h}x{w} does not match image_size={cfg.image_size}; "
                              f"expected {expected}")
+        self._check_device(images, "images")
         lo, hi = float(images.min()), float(images.max())
         if not (math.isfinite(lo) and math.isfinite(hi)):
-            raise ValueError(f"images: expected finite values in [-1, 1], found NaN or inf")
+            raise ValueError("images: expected finite values in [-1, 1], found NaN or inf")
         if lo < -1 - _RANGE_TOLERANCE or hi > 1 + _RANGE_TOLERANCE:
             raise ValueError(f"images: expected values in [-1, 1], got values in [{lo:.4g}, {hi:.4g}] "
                              "(scale uint8 images with x / 127.5 - 1)")
+
+    def _check_device(self, x: torch.Tensor, name: str) -> None:
+        device = self.encoder.class_embedding.device
+        if x.device != device:
+            raise ValueError(f"{name}: on device {x.device}, but the tokenizer's weights are on {device}; "
+                             f"expected {name} on {device} (move them with .to({str(device)!r}))")
 
     def _check_tokens(self, tokens: Any) -> torch.Tensor:
         cfg = self.cfg
@@ -324,6 +350,7 @@ class SetTokenizer(nn.Module):
             raise ValueError(f"tokens: expected an integer tensor {expected}, got dtype {tokens.dtype}")
         if tokens.ndim != 2 or tokens.shape[1] != cfg.num_tokens or tokens.shape[0] == 0:
             raise ValueError(f"tokens: expected shape {expected}, got shape {tuple(tokens.shape)}")
+        self._check_device(tokens, "tokens")
         lo, hi = int(tokens.min()), int(tokens.max())
         if lo < 0 or hi >= cfg.codebook_size:
             raise ValueError(f"tokens: expected values in [0, {cfg.codebook_size}), got values in [{lo}, {hi}]")
@@ -351,13 +378,16 @@ class SetTokenizer(nn.Module):
         ``shuffle`` (default: in training mode, for the set tokenizer) presents the tokens to the decoder in a random
         per-sample order drawn from torch's global generator. The ordered control never shuffles.
         """
+        return self.decoder(self._shuffled(codes, shuffle))
+
+    def _shuffled(self, codes: torch.Tensor, shuffle: bool | None) -> torch.Tensor:
         if shuffle is None:
             shuffle = self.training
         if shuffle and not self.cfg.ordered:
             b, m = codes.shape[:2]
             perm = torch.rand(b, m, device=codes.device).argsort(dim=1)  # (B, M) a permutation per sample
             codes = codes.gather(1, perm.unsqueeze(-1).expand(-1, -1, codes.shape[-1]))
-        return self.decoder(codes)
+        return codes
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens: (B, M) integer in [0, C) -> images: (B, 3, H, W) float in [-1, 1].
@@ -391,12 +421,20 @@ class SetTokenizer(nn.Module):
         """Training pass: images (B, 3, H, W) in [-1, 1] -> (reconstruction (B, 3, H, W) unclamped, out).
 
         out: fp32 scalars: loss = recon_loss (MSE) + quant_loss; recon_loss, quant_loss, codebook_loss,
-        commitment_loss, usage, entropy (bits), perplexity (of this batch's codes).
+        commitment_loss, usage, entropy (bits), perplexity (of this batch's codes). The matching arms
+        (decoder_input "hungarian" / "chamfer") add match_weight * match_loss to loss and report match_loss: the
+        set loss of the decoder's slot logits against this batch's tokens (``tokenset.baselines.matching``).
         """
-        codes, _, q = self.quantize(images)
-        recon = self.decode_codes(codes)
+        codes, tokens, q = self.quantize(images)
+        recon, logits = self.decoder.forward_with_logits(self._shuffled(codes, None))
         recon_loss = F.mse_loss(recon.float(), images.float())
-        out = {"loss": recon_loss + q["loss"], "recon_loss": recon_loss.detach(), "quant_loss": q["loss"].detach()}
+        loss = recon_loss + q["loss"]
+        out = {"recon_loss": recon_loss.detach(), "quant_loss": q["loss"].detach()}
+        if logits is not None:
+            match = matching_loss(self.cfg.decoder_input, logits, tokens)["loss"]
+            loss = loss + self.cfg.match_weight * match
+            out["match_loss"] = match.detach()
+        out = {"loss": loss, **out}
         out.update({k: v for k, v in q.items() if k != "loss"})
         return recon, out
 

@@ -137,6 +137,21 @@ class _CsvLog:
         os.replace(tmp, self.path)
 
 
+def _check_fits(model: nn.Module, weights: Any, what: str) -> None:
+    """Raise ValueError listing missing / unexpected keys and shape mismatches unless ``weights`` (a state dict)
+    fits ``model`` exactly."""
+    if not isinstance(weights, dict):
+        raise ValueError(f"{what}: expected a state dict, got {type(weights).__name__}")
+    ours = model.state_dict()
+    problems = [f"{k}: checkpoint {tuple(v.shape)}, model {tuple(ours[k].shape)}" for k, v in weights.items()
+                if k in ours and isinstance(v, torch.Tensor) and v.shape != ours[k].shape]
+    problems += [f"missing {k}" for k in ours if k not in weights]
+    problems += [f"unexpected {k}" for k in weights if k not in ours]
+    if problems:
+        more = f"; ... {len(problems) - 5} more" if len(problems) > 5 else ""
+        raise ValueError(f"{what} do not fit this model (another preset?): {'; '.join(problems[:5])}{more}")
+
+
 # --------------------------------------------------------------------------------------------- the loop core
 
 
@@ -221,6 +236,8 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in ("model", "ema"):  # checked before anything is copied: a refused state leaves the model as it was
+            _check_fits(self.model, state.get(key), f"{self.ckpt_path}: the checkpoint's {key!r} weights")
         try:
             self.model.load_state_dict(state["model"])
             self.ema.load_state_dict(state["ema"])
@@ -297,7 +314,8 @@ class Trainer:
     def fit(self, batches: Batches, resume: bool = True) -> dict[str, Any]:
         """Train until ``first_step + total_steps`` steps (or the time budget); returns the last log row."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        resumed = resume and self.resume()
+        if resume:
+            self.resume()
         end = self.first_step + self.total_steps
         log = _CsvLog(self.log_path, truncate_after=self.step) if self.rank == 0 else None
         budget = self.cfg.max_minutes * 60
@@ -574,6 +592,7 @@ def fit_tokenizer(
     resume: bool = True,
     progress: bool = True,
     plot: bool = True,
+    on_log: Callable[[int, SetTokenizer], dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     """Train a ``SetTokenizer`` (stage 1, then stage 2 if ``train_cfg.disc_steps``) and evaluate its EMA weights.
 
@@ -583,6 +602,9 @@ def fit_tokenizer(
     is continued at its step (a finished run returns its metrics without training). Returns: val_psnr (dB, mean
     per image, EMA weights), val_psnr_raw (the raw weights), val token statistics (val_usage, val_entropy, ...),
     train usage / entropy of the last log interval, steps, wall_time_s (training only), and the resolved config.
+    ``on_log(step, ema_model) -> {name: float}``, if given, runs at every log row after the validation metrics
+    (EMA weights, eval mode); its values become columns of that row of log.csv (e.g.
+    ``tokenset.baselines.matching.InstabilityProbe``).
     """
     if not isinstance(tok_cfg, TokenizerConfig) or not isinstance(train_cfg, TrainConfig):
         raise ValueError(f"fit_tokenizer expects (TokenizerConfig, TrainConfig), got "
@@ -599,7 +621,10 @@ def fit_tokenizer(
     val_limit = train_cfg.val_limit
 
     def eval_fn(ema: nn.Module, step: int) -> dict[str, float]:
-        return evaluate_tokenizer(ema, val_images, limit=val_limit, device=device)
+        row = evaluate_tokenizer(ema, val_images, limit=val_limit, device=device)
+        if on_log is not None:
+            row.update({k: float(v) for k, v in on_log(step, ema).items()})  # type: ignore[arg-type]
+        return row
 
     batches = image_batches(train_images, train_cfg.batch_size, train_cfg.seed, train_cfg.flip,
                             train_cfg.num_workers, rotate=train_cfg.rotate)

@@ -10,10 +10,13 @@ adaLN-Zero ``DiTBlock`` (tokenset.denoiser), so a comparison at equal config is 
 
 Each module has ``training_loss(model, tokens, labels, generator=None) -> dict(loss=...)`` and ``sample(model,
 labels, ..., generator=None) -> tokens (B, M) int64``.
+
+``matching`` is a tokenizer baseline instead (the ablation's matching arms, ``decoder_input`` "hungarian" /
+"chamfer"): a slot generator, Hungarian / Chamfer set losses, and the matching-instability probe.
 """
 
-from tokenset.baselines import autoregressive, masked
+from tokenset.baselines import autoregressive, masked, matching
 from tokenset.baselines.autoregressive import ARTokenTransformer
 from tokenset.baselines.masked import MaskedTokenTransformer
 
-__all__ = ["masked", "autoregressive", "MaskedTokenTransformer", "ARTokenTransformer"]
+__all__ = ["masked", "autoregressive", "matching", "MaskedTokenTransformer", "ARTokenTransformer"]
