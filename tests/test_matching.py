@@ -325,7 +325,7 @@ def test_ablation_section_from_yaml_with_overrides(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump({"ablation": {"preset": "small", "arms": ["set", "hungarian"], "steps": 7}}))
     cfg = load_params(path, "ablation")
-    assert cfg.arms == ("set", "hungarian") and cfg.steps == 7 and cfg.psnr_threshold == 18.0
+    assert cfg.arms == ("set", "hungarian") and cfg.steps == 7 and cfg.psnr_threshold == AblationConfig.PRESETS["small"]["psnr_threshold"]
 
 
 def test_ablation_arm_configs_differ_only_in_the_switch():

@@ -220,6 +220,20 @@ def test_stage_two_trains_only_the_decoder(tmp_path):
     assert s2["stage"] == 2 and s2["step"] == 10
 
 
+def test_stage_two_without_discriminator_is_an_l2_decoder_fine_tune(tmp_path):
+    """disc_weight 0 (the small preset's measured default): the discriminator never runs or changes."""
+    metrics = fit_tokenizer(TOK, _train_cfg(steps=6, disc_steps=4, disc_weight=0.0), TRAIN, VAL, tmp_path,
+                            progress=False, plot=False)
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    fresh = train_mod.PatchDiscriminator(TOK.channels_in).state_dict()
+    assert state["stage"] == 2 and metrics["steps"] == 10
+    assert state["disc_optimizer"]["state"] == {}  # the discriminator's optimizer never stepped
+    assert state["disc"].keys() == fresh.keys()
+    log = (tmp_path / "log.csv").read_text().splitlines()
+    header, stage2 = log[0].split(","), [r.split(",") for r in log[1:] if r.split(",")[1] == "2"]
+    assert stage2 and all(row[header.index("g_loss")] == "" for row in stage2 if "g_loss" in header)
+
+
 def test_time_budget_stops_and_checkpoints(tmp_path):
     cfg = _train_cfg(steps=10_000, max_minutes=0.02, log_every=1000, ckpt_every=1000)
     metrics = fit_tokenizer(TOK, cfg, TRAIN, VAL, tmp_path, progress=False, plot=False)

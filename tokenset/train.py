@@ -540,31 +540,35 @@ class _DecoderGanTrainer(Trainer):
     def train_step(self, batch: torch.Tensor) -> dict[str, float]:
         self.ddp.train()
         recon = self.ddp(batch)
-        # discriminator step (hinge)
-        for p in self.disc.parameters():
-            p.requires_grad_(True)
-        logits = self.disc_ddp(torch.cat([batch, recon.detach()]))  # one forward per backward (DDP)
-        real, fake = logits.chunk(2)
-        d_loss = F.relu(1 - real).mean() + F.relu(1 + fake).mean()
-        self.disc_opt.zero_grad(set_to_none=True)
-        d_loss.backward()
-        nn.utils.clip_grad_norm_(self.disc.parameters(), self.cfg.grad_clip)
-        for g in self.disc_opt.param_groups:
-            g["lr"] = self.optimizer.param_groups[0]["lr"]
-        self.disc_opt.step()
-        # decoder step
-        for p in self.disc.parameters():
-            p.requires_grad_(False)
         recon_loss = F.mse_loss(recon, batch)
-        g_loss = -self.disc(recon).mean()  # the frozen discriminator: no DDP, no gradients to reduce
-        loss = recon_loss + self.cfg.disc_weight * g_loss
+        out: dict[str, float] = {}
+        loss = recon_loss
+        if self.cfg.disc_weight > 0:  # disc_weight 0: an L2-only decoder fine-tune, no discriminator is run
+            # discriminator step (hinge)
+            for p in self.disc.parameters():
+                p.requires_grad_(True)
+            logits = self.disc_ddp(torch.cat([batch, recon.detach()]))  # one forward per backward (DDP)
+            real, fake = logits.chunk(2)
+            d_loss = F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+            self.disc_opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            nn.utils.clip_grad_norm_(self.disc.parameters(), self.cfg.grad_clip)
+            for g in self.disc_opt.param_groups:
+                g["lr"] = self.optimizer.param_groups[0]["lr"]
+            self.disc_opt.step()
+            # decoder step against the frozen discriminator (no DDP, no gradients to reduce)
+            for p in self.disc.parameters():
+                p.requires_grad_(False)
+            g_loss = -self.disc(recon).mean()
+            loss = recon_loss + self.cfg.disc_weight * g_loss
+            out = {"g_loss": float(g_loss.detach()), "d_loss": float(d_loss.detach())}
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.optimizer.step()
         self.update_ema()
-        return {"loss": float(loss.detach()), "recon_loss": float(recon_loss.detach()),
-                "g_loss": float(g_loss.detach()), "d_loss": float(d_loss.detach()), "grad_norm": float(grad_norm)}
+        return {"loss": float(loss.detach()), "recon_loss": float(recon_loss.detach()), **out,
+                "grad_norm": float(grad_norm)}
 
     def extra_state(self) -> dict[str, Any]:
         return {"disc": self.disc.state_dict(), "disc_optimizer": self.disc_opt.state_dict()}
