@@ -354,6 +354,68 @@ class AblationConfig(Section):
         return train.replace(steps=self.steps, disc_steps=0, max_minutes=0.0)
 
 
+@dataclasses.dataclass(frozen=True)
+class SweepConfig(Section):
+    """Tokens and codebook size (notebook 09; the trend of the paper's Table 6 at small scale).
+
+    The grid has one row per M (``num_tokens``) and one column per C (``codebook_sizes``). Each point is the
+    ``tokenizer`` section with ``num_tokens`` and ``codebook_size`` replaced, trained with the ``train`` section at
+    ``steps`` steps. ``grid: cross`` trains the centre row (M = ``centre_tokens``, every C) and the centre column
+    (C = ``centre_codebook``, every M); ``grid: full`` trains every (M, C) pair.
+    """
+
+    num_tokens: tuple[int, ...]  # M values
+    codebook_sizes: tuple[int, ...]  # C values
+    centre_tokens: int  # the M of the centre row
+    centre_codebook: int  # the C of the centre column
+    grid: Literal["cross", "full"]
+    steps: int  # the budget of every point: replaces train.steps
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": dict(num_tokens=(4, 8), codebook_sizes=(16, 32), centre_tokens=8, centre_codebook=32, grid="cross",
+                     steps=10),
+        # cross = 6 points of 400 steps (the ablation's budget); M = 64 costs more per step than M = 32
+        "small": dict(num_tokens=(16, 32, 64), codebook_sizes=(128, 256, 512, 1024), centre_tokens=32,
+                      centre_codebook=512, grid="cross", steps=400),
+    }
+
+    def __post_init__(self) -> None:
+        for key in ("num_tokens", "codebook_sizes"):
+            values = getattr(self, key)
+            _check(self, len(values) >= 1 and len(set(values)) == len(values) and min(values) >= 1, key,
+                   "a non-empty list of distinct positive integers")
+        _check(self, self.centre_tokens in self.num_tokens, "centre_tokens",
+               f"one of num_tokens {list(self.num_tokens)}")
+        _check(self, self.centre_codebook in self.codebook_sizes, "centre_codebook",
+               f"one of codebook_sizes {list(self.codebook_sizes)}")
+        _check(self, self.steps >= 1, "steps", "at least 1")
+
+    def centre_row(self) -> list[tuple[int, int]]:
+        """(M, C) of the centre row: M = ``centre_tokens``, every C in increasing order."""
+        return [(self.centre_tokens, c) for c in sorted(self.codebook_sizes)]
+
+    def centre_column(self) -> list[tuple[int, int]]:
+        """(M, C) of the centre column: C = ``centre_codebook``, every M in increasing order."""
+        return [(m, self.centre_codebook) for m in sorted(self.num_tokens)]
+
+    def points(self) -> list[tuple[int, int]]:
+        """The (M, C) pairs to train, each once, sorted by M then C: the centre row and column (``cross``; the centre
+        point is shared) or every pair (``full``)."""
+        if self.grid == "full":
+            return [(m, c) for m in sorted(self.num_tokens) for c in sorted(self.codebook_sizes)]
+        return sorted(set(self.centre_row()) | set(self.centre_column()))
+
+    @staticmethod
+    def point_tokenizer(tokenizer: TokenizerConfig, num_tokens: int, codebook_size: int) -> TokenizerConfig:
+        """The tokenizer of one grid point: ``tokenizer`` with M and C replaced, nothing else."""
+        return tokenizer.replace(num_tokens=num_tokens, codebook_size=codebook_size)
+
+    def point_train(self, train: TrainConfig) -> TrainConfig:
+        """The shared optimisation of every point: ``train`` at ``steps`` steps, stage 1 only (``disc_steps=0``) and
+        no wall-clock budget, so every point gets exactly ``steps`` steps."""
+        return train.replace(steps=self.steps, disc_steps=0, max_minutes=0.0)
+
+
 SECTIONS: dict[str, type[Section]] = {
     "data": DataConfig,
     "tokenizer": TokenizerConfig,
@@ -363,6 +425,7 @@ SECTIONS: dict[str, type[Section]] = {
     "train_generator": TrainConfig,
     "eval": EvalConfig,
     "ablation": AblationConfig,
+    "sweep": SweepConfig,
 }
 
 
