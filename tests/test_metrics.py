@@ -90,6 +90,24 @@ def test_mapped_weights_reproduce_the_torchscript_features(inception, torchscrip
 
 
 @pytest.mark.slow
+def test_folded_extractor_keeps_the_features(inception):
+    """The extractor fid_kid runs (batch norm folded into the convs, channels-last) gives the features of the plain
+    mapped extractor (itself checked against the TorchScript above) up to float rounding."""
+    folded = metrics.load_extractor("inception", inception)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    plain = metrics._fidelity_inception(torch.load(inception, map_location="cpu", weights_only=True))
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules()) == 94
+    x = torch.randint(0, 256, (3, 3, 32, 32), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+    with torch.no_grad():
+        got, want = folded(x)[0], plain(x)[0]
+    assert got.shape == (3, 2048)
+    assert (got - want).abs().max() < MAPPING_TOLERANCE
+    assert (want[0] - want[1]).abs().max() > 100 * MAPPING_TOLERANCE  # different images: different features
+    with pytest.raises(ValueError, match="eval mode"):
+        metrics.fold_batch_norm_(plain.train())
+
+
+@pytest.mark.slow
 def test_a_wrong_mapping_is_refused_and_nothing_is_written(tmp_path, monkeypatch, inception):
     (tmp_path / "wheels").mkdir()
     shutil.copy(metrics.fid_helper_wheel(), tmp_path / "wheels")

@@ -50,6 +50,7 @@ def test_single_value_grid_is_one_point():
     (dict(centre_codebook=64), "key 'centre_codebook' is 64; expected one of codebook_sizes \\[16, 32\\]"),
     (dict(grid="diagonal"), "key 'grid' is 'diagonal'; expected one of \\['cross', 'full'\\]"),
     (dict(steps=0), "key 'steps' is 0; expected at least 1"),
+    (dict(fsdd_steps=-1), "key 'fsdd_steps' is -1; expected a non-negative integer"),
     (dict(num_tokens=[4.0, 8]), "key 'num_tokens'\\[0\\] is 4.0 \\(float\\); expected an integer"),
     (dict(sizes=[1]), "unknown key"),
 ])
@@ -74,6 +75,10 @@ def test_smoke_params_and_presets():
     small = SweepConfig.preset("small")
     assert (small.num_tokens, small.codebook_sizes, small.centre_tokens, small.centre_codebook, small.grid,
             small.steps) == ((16, 32, 64), (128, 256, 512, 1024), 32, 512, "cross", 400)
+    gen = TrainConfig.preset("small", steps=300)
+    assert small.fsdd_steps >= 1 and small.fsdd_train(gen) == gen.replace(steps=small.fsdd_steps)
+    with pytest.raises(ValueError, match="fsdd_steps is 0"):
+        small.replace(fsdd_steps=0).fsdd_train(gen)
     # the smoke points fit the smoke tokenizer: every M and C builds a valid TokenizerConfig
     tok = load_params(ROOT / "tests" / "smoke_params.yaml", "tokenizer")
     for m, c in smoke.points():

@@ -139,6 +139,22 @@ def test_deterministic_for_a_fixed_seed(tmp_path):
     assert c["steps"] == 8
 
 
+def test_a_finished_identical_run_is_reused_not_retrained(tmp_path, monkeypatch):
+    cfg = _train_cfg()
+    a = fit_tokenizer(TOK, cfg, TRAIN, VAL, tmp_path / "a", progress=False, plot=False)
+    # a different tokenizer, a different budget or an existing target: nothing is reused
+    assert not train_mod.reuse_tokenizer_run(tmp_path / "a", tmp_path / "x", TOK.replace(codebook_size=16), cfg)
+    assert not train_mod.reuse_tokenizer_run(tmp_path / "a", tmp_path / "x", TOK, _train_cfg(steps=9))
+    assert not train_mod.reuse_tokenizer_run(tmp_path / "missing", tmp_path / "x", TOK, cfg)
+    assert not (tmp_path / "x").exists()
+    assert train_mod.reuse_tokenizer_run(tmp_path / "a", tmp_path / "b", TOK, cfg)
+    assert not train_mod.reuse_tokenizer_run(tmp_path / "a", tmp_path / "b", TOK, cfg)  # b is taken now
+    monkeypatch.setattr(train_mod.Trainer, "train_step", lambda *a, **k: pytest.fail("a reused run must not train"))
+    b = fit_tokenizer(TOK, cfg, TRAIN, VAL, tmp_path / "b", progress=False, plot=False)
+    assert b["val_psnr"] == a["val_psnr"] and b["steps"] == a["steps"] == 8
+    assert (tmp_path / "b" / "log.csv").read_text() == (tmp_path / "a" / "log.csv").read_text()
+
+
 class _Killed(Exception):
     pass
 

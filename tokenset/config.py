@@ -236,7 +236,9 @@ class DenoiserConfig(Section):
     # S and B are the paper's DiT-S / DiT-B (36M / 137M at C=4096, M=128; see tokenset/denoiser.py for the count).
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(num_classes=10, width=32, depth=1, heads=2),
-        "small": dict(num_classes=10, width=128, depth=4, heads=4),  # ~1 s per FSDD step at C=512, B=32 on 2 cores
+        # width 96 / depth 3: half the step time of width 128 / depth 4 at C=512, M=32, B=32 (benchmarks/bench_denoiser.py,
+        # results/bench/denoiser.md), so that the FSDD stages of `make repro` fit its 45 minutes
+        "small": dict(num_classes=10, width=96, depth=3, heads=4),
         "S": dict(num_classes=1000, width=384, depth=12, heads=6),
         "B": dict(num_classes=1000, width=768, depth=12, heads=12),
     }
@@ -371,13 +373,18 @@ class SweepConfig(Section):
     centre_codebook: int  # the C of the centre column
     grid: Literal["cross", "full"]
     steps: int  # the budget of every point: replaces train.steps
+    # FSDD on the centre row: a count denoiser (the denoiser section at C, M of the point) trained for fsdd_steps
+    # (replaces train_generator.steps) on each point's tokens, scored by gFID at eval.num_samples; 0 skips it
+    fsdd_steps: int = 0
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(num_tokens=(4, 8), codebook_sizes=(16, 32), centre_tokens=8, centre_codebook=32, grid="cross",
-                     steps=10),
-        # cross = 6 points of 400 steps (the ablation's budget); M = 64 costs more per step than M = 32
+                     steps=10, fsdd_steps=5),
+        # cross = 6 points of 400 steps (the ablation's budget; the centre point is the ablation's `set` arm, reused);
+        # M = 64 costs more per step than M = 32. FSDD on the centre row: 120 steps each (the generators get 300), as
+        # its cost grows with C (C = 1024 costs ~2.5x C = 512 per step)
         "small": dict(num_tokens=(16, 32, 64), codebook_sizes=(128, 256, 512, 1024), centre_tokens=32,
-                      centre_codebook=512, grid="cross", steps=400),
+                      centre_codebook=512, grid="cross", steps=400, fsdd_steps=120),
     }
 
     def __post_init__(self) -> None:
@@ -390,6 +397,7 @@ class SweepConfig(Section):
         _check(self, self.centre_codebook in self.codebook_sizes, "centre_codebook",
                f"one of codebook_sizes {list(self.codebook_sizes)}")
         _check(self, self.steps >= 1, "steps", "at least 1")
+        _check(self, self.fsdd_steps >= 0, "fsdd_steps", "a non-negative integer (0: no FSDD on the centre row)")
 
     def centre_row(self) -> list[tuple[int, int]]:
         """(M, C) of the centre row: M = ``centre_tokens``, every C in increasing order."""
@@ -415,6 +423,12 @@ class SweepConfig(Section):
         """The shared optimisation of every point: ``train`` at ``steps`` steps, stage 1 only (``disc_steps=0``) and
         no wall-clock budget, so every point gets exactly ``steps`` steps."""
         return train.replace(steps=self.steps, disc_steps=0, max_minutes=0.0)
+
+    def fsdd_train(self, train_generator: TrainConfig) -> TrainConfig:
+        """The FSDD optimisation on each centre-row point: ``train_generator`` at ``fsdd_steps`` steps."""
+        if self.fsdd_steps < 1:
+            raise ValueError("fsdd_steps is 0: this sweep trains no FSDD (set sweep.fsdd_steps in params.yaml)")
+        return train_generator.replace(steps=self.fsdd_steps, max_minutes=0.0)
 
 
 SECTIONS: dict[str, type[Section]] = {

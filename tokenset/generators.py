@@ -28,13 +28,14 @@ from tokenset.baselines import autoregressive, masked
 from tokenset.bijection import canonical_order, counts_to_set, set_to_counts
 from tokenset.checkpoint import load_checkpoint, save_checkpoint
 from tokenset.config import DenoiserConfig, FSDDConfig, from_mapping
+from tokenset.data import to_uint8
 from tokenset.denoiser import CountDiT
 from tokenset.fsdd import FSDD, fixed_sum_noise
 from tokenset.metrics import sha256_file
 from tokenset.tokenizer import SetTokenizer
 
 __all__ = ["GeneratorSpec", "GENERATORS", "model_input", "build_generator", "GeneratorLoss", "generate",
-           "encode_cached", "fsdd_loss_by_t", "load_generator"]
+           "sample_images", "encode_cached", "fsdd_loss_by_t", "load_generator"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +119,25 @@ def generate(name: str, model: nn.Module, labels: torch.Tensor, fsdd_cfg: FSDDCo
     if spec.family == "masked":
         return masked.sample(model, labels, steps=fsdd_cfg.steps, guidance=g, generator=generator)
     return autoregressive.sample(model, labels, guidance=g, generator=generator)
+
+
+@torch.no_grad()
+def sample_images(name: str, model: nn.Module, tokenizer: SetTokenizer, class_freq_labels: torch.Tensor, num: int,
+                  fsdd_cfg: FSDDConfig, seed: int = 0, guidance: float | None = None,
+                  batch_size: int = 256) -> torch.Tensor:
+    """``num`` generated images, uint8 (num, 3, H, W): labels drawn (seeded) from ``class_freq_labels`` (e.g. the
+    training labels, so the classes follow their training frequencies), tokens from ``generate`` in batches of
+    ``batch_size``, decoded by ``tokenizer`` (the tokenizer whose tokens generator ``name`` models)."""
+    if num < 1:
+        raise ValueError(f"num: expected at least 1 image, got {num}")
+    if not isinstance(class_freq_labels, torch.Tensor) or class_freq_labels.ndim != 1 or not len(class_freq_labels):
+        raise ValueError("class_freq_labels: expected a non-empty 1-D tensor of class labels")
+    g = torch.Generator().manual_seed(seed)
+    labels = class_freq_labels[torch.randint(len(class_freq_labels), (num,), generator=g)]
+    device = next(model.parameters()).device
+    tokens = torch.cat([generate(name, model, labels[lo:lo + batch_size].to(device), fsdd_cfg, guidance=guidance,
+                                 generator=g).cpu() for lo in range(0, num, batch_size)])
+    return to_uint8(analysis.decode_tokens(tokenizer, tokens))
 
 
 def encode_cached(checkpoint: str | Path, images: torch.Tensor, cache: str | Path,

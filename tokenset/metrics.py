@@ -572,12 +572,35 @@ def frechet_distance(features1: torch.Tensor, features2: torch.Tensor) -> float:
     return float(fid)
 
 
+def fold_batch_norm_(extractor: nn.Module) -> nn.Module:
+    """Speed up an Inception extractor for inference, in place: every conv + batch-norm pair of torch-fidelity's
+    ``BasicConv2d`` becomes one conv with a bias (w * g / sqrt(v + eps), b - m * g / sqrt(v + eps)), and the
+    network runs channels-last. Pool3 features change only by float rounding (``tests/test_metrics.py`` bounds it
+    by ``MAPPING_TOLERANCE``); on 2 CPU cores it is ~1.8x faster (``benchmarks/bench_metrics.py``)."""
+    if extractor.training:
+        raise ValueError("fold_batch_norm_: the extractor must be in eval mode (batch statistics cannot be folded)")
+    with torch.no_grad():
+        for block in extractor.modules():
+            conv, bn = getattr(block, "conv", None), getattr(block, "bn", None)
+            if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)):
+                continue
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                              conv.dilation, conv.groups, bias=True).to(conv.weight.device, conv.weight.dtype)
+            fused.weight.copy_(conv.weight * scale[:, None, None, None])
+            fused.bias.copy_(bn.bias - bn.running_mean * scale
+                             + (conv.bias * scale if conv.bias is not None else 0.0))
+            block.conv, block.bn = fused, nn.Identity()
+    return extractor.to(memory_format=torch.channels_last)
+
+
 def load_extractor(extractor: Literal["inception", "dataset"], weights: str | Path | None = None,
                    cache_dir: str | Path | None = None) -> FeatureExtractorBase:
     """The torch-fidelity feature extractor (CPU, eval) fid_kid uses: Inception '2048' or the small CNN 'pool'."""
     if extractor == "inception":
         path = Path(weights) if weights is not None else inception_weights(cache_dir)
-        return FeatureExtractorInceptionV3(INCEPTION, ["2048"], feature_extractor_weights_path=str(path)).eval()
+        return fold_batch_norm_(
+            FeatureExtractorInceptionV3(INCEPTION, ["2048"], feature_extractor_weights_path=str(path)).eval())
     if extractor == "dataset":
         if weights is None:
             raise ValueError("extractor='dataset' needs weights= a train_dataset_extractor checkpoint")
@@ -658,7 +681,7 @@ def fid_kid(real: torch.Tensor | str | Path, fake: torch.Tensor | str | Path, *,
 
     cache_name = None
     if real_split is not None:
-        cache_name = f"{real_split}-{real_digest[:16]}-w{info['sha256'][:12]}"
+        cache_name = f"{real_split}-{real_digest[:16]}-w{info['sha256'][:12]}{'-folded' if extractor == 'inception' else ''}"
     # torch-fidelity's convention: input1 = generated, input2 = real (precision is input1 inside input2).
     kwargs = dict(
         input1=fake_in, input2=real_in, input2_cache_name=cache_name, cache=cache_name is not None,
@@ -670,6 +693,8 @@ def fid_kid(real: torch.Tensor | str | Path, fake: torch.Tensor | str | Path, *,
     )
     layers = [layer, "logits_unbiased"] if isc else [layer]
     fe = create_feature_extractor(name, layers, **kwargs)
+    if extractor == "inception":
+        fold_batch_norm_(fe)
     feats_fake = extract_featuresdict_from_input_id_cached(1, fe, **kwargs)
     feats_real = extract_featuresdict_from_input_id_cached(2, fe, **kwargs)  # cached per split when named
     out = {"frechet_inception_distance": frechet_distance(feats_real[layer], feats_fake[layer])}

@@ -48,7 +48,7 @@ from tokenset.data import random_hflip, to_float
 from tokenset.quantizer import code_statistics
 from tokenset.tokenizer import SetTokenizer
 
-__all__ = ["Trainer", "WarmupCosine", "PatchDiscriminator", "fit_tokenizer", "fit_generator", "evaluate_tokenizer", "psnr",
+__all__ = ["Trainer", "WarmupCosine", "PatchDiscriminator", "fit_tokenizer", "reuse_tokenizer_run", "fit_generator", "evaluate_tokenizer", "psnr",
            "image_batches", "plot_log", "main"]
 
 Batches = Callable[[int], Iterator[Any]]  # start step -> an iterator of batches for steps start, start+1, ...
@@ -584,6 +584,34 @@ class _DecoderGanTrainer(Trainer):
 def _tokenizer_loss(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
     _, out = model(images)
     return out
+
+
+def reuse_tokenizer_run(source_dir: str | Path, out_dir: str | Path, tok_cfg: TokenizerConfig,
+                        train_cfg: TrainConfig) -> bool:
+    """Seed ``out_dir`` with the finished ``fit_tokenizer`` run in ``source_dir`` if it is the same run.
+
+    The same run = its checkpoint stores exactly this tokenizer and train configuration (the seed included; on CPU
+    training is deterministic, so training again would give the same weights) and reached its last step. Then
+    checkpoint.pt and log.csv are copied (atomically; nothing is copied over an existing checkpoint) and
+    ``fit_tokenizer(tok_cfg, train_cfg, ..., out_dir)`` returns that run's metrics without training. Returns True if
+    out_dir now holds the reused run, False if there was nothing to reuse (a missing, different or unfinished run).
+    """
+    source, out = Path(source_dir) / "checkpoint.pt", Path(out_dir) / "checkpoint.pt"
+    if out.exists() or not source.is_file():
+        return False
+    state = load_checkpoint(source)
+    last_step = train_cfg.steps + train_cfg.disc_steps
+    if state.get("config") != {"tokenizer": tok_cfg.to_dict(), "train": train_cfg.to_dict()} \
+            or int(state.get("step", -1)) != last_step:
+        return False
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log = Path(source_dir) / "log.csv"
+    if log.is_file():
+        tmp = out.parent / "log.csv.tmp"
+        tmp.write_bytes(log.read_bytes())
+        os.replace(tmp, out.parent / "log.csv")
+    save_checkpoint(out, state)
+    return True
 
 
 def fit_tokenizer(
