@@ -155,6 +155,28 @@ def test_a_finished_identical_run_is_reused_not_retrained(tmp_path, monkeypatch)
     assert (tmp_path / "b" / "log.csv").read_text() == (tmp_path / "a" / "log.csv").read_text()
 
 
+def test_quantizer_warmup_feeds_the_decoder_latents_then_codes(tmp_path, monkeypatch):
+    seen = []
+    original = SetTokenizer._shuffled
+
+    def spy(self, codes, shuffle):
+        if self.training:
+            book = self.quantizer.normalized_codebook()
+            nearest = (codes.reshape(-1, codes.shape[-1]) @ book.t()).max(dim=-1).values
+            seen.append(bool(torch.allclose(nearest, torch.ones_like(nearest), atol=1e-5)))  # every row is a code
+        return original(self, codes, shuffle)
+
+    monkeypatch.setattr(SetTokenizer, "_shuffled", spy)
+    out = fit_tokenizer(TOK, _train_cfg(quantizer_warmup=0.5), TRAIN, VAL, tmp_path / "w", progress=False,
+                        plot=False)
+    assert seen == [False] * 4 + [True] * 4  # 8 steps, warm-up 0.5: the first 4 decode unquantised latents
+    assert out["steps"] == 8 and math.isfinite(out["val_psnr"])
+    assert load_checkpoint(tmp_path / "w" / "checkpoint.pt")["config"]["train"]["quantizer_warmup"] == 0.5
+    assert "quantizer_warmup" not in _train_cfg().to_dict()  # configs saved before the option still match
+    with pytest.raises(ValueError, match="quantizer_warmup"):
+        _train_cfg(quantizer_warmup=1.0)
+
+
 class _Killed(Exception):
     pass
 
@@ -163,11 +185,11 @@ def _dying_loss(after: int):
     calls = {"n": 0}
     real = train_mod._tokenizer_loss
 
-    def loss(model, images):
+    def loss(model, images, **kw):
         calls["n"] += 1
         if calls["n"] > after:
             raise _Killed(f"killed at call {calls['n']}")
-        return real(model, images)
+        return real(model, images, **kw)
 
     return loss
 

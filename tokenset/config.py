@@ -197,6 +197,11 @@ class TrainConfig(Section):
     val_limit: int = 0  # validation images evaluated at each log row (0: all); the final evaluation uses all
     num_workers: int = 0
     amp: bool = False  # bf16 autocast (GPU only; on CPU it is emulated and slow)
+    # tokenizers: share of the stage-1 steps in which the decoder sees the encoder's L2-normalised outputs instead
+    # of their codes (the quantizer's losses and dead-code restarts still run; evaluation is always quantised)
+    quantizer_warmup: float = 0.0
+
+    OMIT_IF_DEFAULT: ClassVar[tuple[str, ...]] = ("quantizer_warmup",)
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(steps=20, batch_size=16, lr=1e-3, warmup_steps=2, log_every=5, ckpt_every=10),
@@ -216,6 +221,7 @@ class TrainConfig(Section):
             _check(self, getattr(self, key) >= 1, key, "at least 1")
         _check(self, self.lr > 0, "lr", "a positive number")
         _check(self, 0.0 <= self.ema_decay < 1.0, "ema_decay", "a number in [0, 1)")
+        _check(self, 0.0 <= self.quantizer_warmup < 1.0, "quantizer_warmup", "a share of the steps in [0, 1)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -417,15 +417,24 @@ class SetTokenizer(nn.Module):
             raise ValueError(f"counts: expected {expected}, got row sums {sorted(set(sums.tolist()))[:8]}")
         return self.decode(counts_to_set(counts))
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, images: torch.Tensor, bypass_quantizer: bool = False,
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Training pass: images (B, 3, H, W) in [-1, 1] -> (reconstruction (B, 3, H, W) unclamped, out).
+
+        ``bypass_quantizer``: the decoder sees the encoder's L2-normalised outputs instead of their codes (the
+        quantizer warm-up of ``TrainConfig.quantizer_warmup``); the quantizer's losses and statistics are computed
+        as usual.
 
         out: fp32 scalars: loss = recon_loss (MSE) + quant_loss; recon_loss, quant_loss, codebook_loss,
         commitment_loss, usage, entropy (bits), perplexity (of this batch's codes). The matching arms
         (decoder_input "hungarian" / "chamfer") add match_weight * match_loss to loss and report match_loss: the
         set loss of the decoder's slot logits against this batch's tokens (``tokenset.baselines.matching``).
         """
-        codes, tokens, q = self.quantize(images)
+        self._check_images(images)
+        latents = self.encoder(images)
+        codes, tokens, q = self.quantizer(latents)
+        if bypass_quantizer:
+            codes = F.normalize(latents.float(), dim=-1)
         recon, logits = self.decoder.forward_with_logits(self._shuffled(codes, None))
         recon_loss = F.mse_loss(recon.float(), images.float())
         loss = recon_loss + q["loss"]

@@ -329,6 +329,8 @@ class Trainer:
                     break
                 t0 = time.perf_counter()
                 self._set_lr()
+                if hasattr(self.loss_fn, "at_step"):  # losses with a schedule (e.g. the quantizer warm-up)
+                    self.loss_fn.at_step(self.step)
                 out = self.train_step(_to_device(next(it), self.device))
                 self.step += 1
                 self.elapsed += time.perf_counter() - t0
@@ -581,9 +583,23 @@ class _DecoderGanTrainer(Trainer):
 # --------------------------------------------------------------------------------------------- the recipe
 
 
-def _tokenizer_loss(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
-    _, out = model(images)
+def _tokenizer_loss(model: nn.Module, images: torch.Tensor, bypass_quantizer: bool = False,
+                    ) -> dict[str, torch.Tensor]:
+    _, out = model(images, bypass_quantizer=bypass_quantizer)
     return out
+
+
+class _TokenizerLoss:
+    """The tokenizer's training loss; the decoder sees unquantised latents for the first ``warmup_steps`` steps."""
+
+    def __init__(self, warmup_steps: int = 0) -> None:
+        self.warmup_steps, self.step = warmup_steps, 0
+
+    def at_step(self, step: int) -> None:
+        self.step = step
+
+    def __call__(self, model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return _tokenizer_loss(model, images, bypass_quantizer=self.step < self.warmup_steps)
 
 
 def reuse_tokenizer_run(source_dir: str | Path, out_dir: str | Path, tok_cfg: TokenizerConfig,
@@ -660,7 +676,8 @@ def fit_tokenizer(
 
     batches = image_batches(train_images, train_cfg.batch_size, train_cfg.seed, train_cfg.flip,
                             train_cfg.num_workers, rotate=train_cfg.rotate)
-    stage1 = Trainer(model, train_cfg, out_dir, loss_fn=_tokenizer_loss, config=config, device=device,
+    warmup = int(train_cfg.quantizer_warmup * train_cfg.steps)
+    stage1 = Trainer(model, train_cfg, out_dir, loss_fn=_TokenizerLoss(warmup), config=config, device=device,
                      eval_fn=eval_fn, stage=1, progress=progress)
     stage2_ckpt = None
     if resume and train_cfg.disc_steps > 0 and stage1.ckpt_path.is_file():
