@@ -387,10 +387,10 @@ class SweepConfig(Section):
         "tiny": dict(num_tokens=(4, 8), codebook_sizes=(16, 32), centre_tokens=8, centre_codebook=32, grid="cross",
                      steps=10, fsdd_steps=5),
         # cross = 6 points of 400 steps (the ablation's budget; the centre point is the ablation's `set` arm, reused);
-        # M = 64 costs more per step than M = 32. FSDD on the centre row: 120 steps each (the generators get 300), as
-        # its cost grows with C (C = 1024 costs ~2.5x C = 512 per step)
+        # M = 64 costs more per step than M = 32. FSDD on the centre row: 80 steps each (the generators get 300), as
+        # its cost grows with C: 0.97 s per step at C = 512, 2.95 s at C = 1024 (results/bench/denoiser.md)
         "small": dict(num_tokens=(16, 32, 64), codebook_sizes=(128, 256, 512, 1024), centre_tokens=32,
-                      centre_codebook=512, grid="cross", steps=400, fsdd_steps=120),
+                      centre_codebook=512, grid="cross", steps=400, fsdd_steps=80),
     }
 
     def __post_init__(self) -> None:
