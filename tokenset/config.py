@@ -242,8 +242,8 @@ class DenoiserConfig(Section):
     # S and B are the paper's DiT-S / DiT-B (36M / 137M at C=4096, M=128; see tokenset/denoiser.py for the count).
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(num_classes=10, width=32, depth=1, heads=2),
-        # width 96 / depth 3: half the step time of width 128 / depth 4 at C=512, M=32, B=32 (benchmarks/bench_denoiser.py,
-        # results/bench/denoiser.md), so that the FSDD stages of `make repro` fit its 45 minutes
+        # width 96 / depth 3: 0.97 s per FSDD training step against 1.71 s for width 128 / depth 4 at C=512, M=32, B=32
+        # on 2 cores (benchmarks/bench_denoiser.py, results/bench/denoiser.md): the generators stage went 14.8 -> 6.9 min
         "small": dict(num_classes=10, width=96, depth=3, heads=4),
         "S": dict(num_classes=1000, width=384, depth=12, heads=6),
         "B": dict(num_classes=1000, width=768, depth=12, heads=12),
