@@ -2,6 +2,7 @@
 against the measured fp32 rate of a 2048 x 2048 matmul.
 
     python benchmarks/bench_tokenizer.py [--presets tiny small paper] [--threads N] [--repeats 5] [--json out.json]
+    python benchmarks/bench_tokenizer.py --presets small small:patch_size=4   # a preset with fields overridden
 
 FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions, attention; one
 multiply-add = 2 FLOPs); the training step is forward + backward + AdamW at the preset's batch size. ``paper`` is
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable
 
 import torch
+import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from tokenset.config import TokenizerConfig, TrainConfig
@@ -52,9 +54,22 @@ def _row(preset: str, what: str, params: float, batch: int, seconds: float, flop
                 gflop=flops / 1e9, gflops_per_s=rate, pct_of_matmul=100 * rate / peak)
 
 
-def bench_preset(name: str, repeats: int, peak: float) -> list[dict]:
+def parse_spec(spec: str) -> tuple[str, dict]:
+    """"small" or "small:patch_size=4,head_channels=16" -> (preset name, TokenizerConfig overrides)."""
+    name, _, rest = spec.partition(":")
+    overrides = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise SystemExit(f"--presets {spec!r}: expected NAME or NAME:KEY=VALUE[,KEY=VALUE...]")
+        overrides[key] = yaml.safe_load(value)
+    return name, overrides
+
+
+def bench_preset(spec: str, repeats: int, peak: float) -> list[dict]:
     torch.manual_seed(0)
-    cfg = TokenizerConfig.preset(name)
+    name, overrides = parse_spec(spec)
+    cfg = TokenizerConfig.preset(name, **overrides)
     model = SetTokenizer(cfg)
     params = sum(p.numel() for p in model.parameters()) / 1e6
     rows = []
@@ -66,7 +81,7 @@ def bench_preset(name: str, repeats: int, peak: float) -> list[dict]:
             for what, fn in (("encode B=1", lambda: model.encode(x)), ("decode B=1", lambda: model.decode(tokens))):
                 flops = count_flops(fn)
                 t = best_time(fn, max(1, repeats // 2))
-                rows.append(_row(name, what, params, 1, t, flops, peak))
+                rows.append(_row(spec, what, params, 1, t, flops, peak))
         return rows
     batch = TrainConfig.preset(name).batch_size
     x = torch.rand(batch, 3, cfg.image_size, cfg.image_size) * 2 - 1
@@ -76,7 +91,7 @@ def bench_preset(name: str, repeats: int, peak: float) -> list[dict]:
         for what, fn in (("encode", lambda: model.encode(x)), ("decode", lambda: model.decode(tokens))):
             flops = count_flops(fn)
             t = best_time(fn, repeats)
-            rows.append(_row(name, what, params, batch, t, flops, peak))
+            rows.append(_row(spec, what, params, batch, t, flops, peak))
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
@@ -88,7 +103,7 @@ def bench_preset(name: str, repeats: int, peak: float) -> list[dict]:
 
     flops = count_flops(step)
     t = best_time(step, repeats)
-    rows.append(_row(name, "train step", params, batch, t, flops, peak))
+    rows.append(_row(spec, "train step", params, batch, t, flops, peak))
     return rows
 
 

@@ -144,10 +144,12 @@ class TokenizerConfig(Section):
             image_size=16, patch_size=4, width=32, depth=1, heads=2, decoder_width=32, decoder_depth=1,
             decoder_heads=2, num_tokens=8, codebook_size=32, token_dim=8, pixel_head="linear",
         ),
-        # `make repro` 2026-11-29: val PSNR 20.27 dB on the crawl tiles after 1500 steps of batch 32 in 732 s
-        # (results/tokenizer/metrics.json); a per-image mean colour scores 20.47 dB (see README)
+        # patch 8 (a 4 x 4 grid): a training step costs about half of patch 4's (results/bench/tokenizer.md has both),
+        # and learns at least as well per step: the 1800-step recipe reached 20.58 dB val PSNR
+        # against 20.56 at patch 4 (`python benchmarks/tune_tokenizer.py --out /tmp/tune/p8 --threads 1
+        # tokenizer.patch_size=8`, 2026-11-29). A per-image mean colour scores 20.47 dB (see README)
         "small": dict(
-            image_size=32, patch_size=4, width=128, depth=3, heads=4, decoder_width=128, decoder_depth=3,
+            image_size=32, patch_size=8, width=128, depth=3, heads=4, decoder_width=128, decoder_depth=3,
             decoder_heads=4, num_tokens=32, codebook_size=512, token_dim=12, pixel_head="conv",
         ),
         "paper": dict(
