@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from tokenset import atomic
 from tokenset import checkpoint as ckpt
 from tokenset.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
@@ -140,7 +141,7 @@ def test_crash_before_rename_keeps_the_old_checkpoint(tmp_path, monkeypatch):
     def no_replace(src, dst):
         raise OSError("disk went away")
 
-    monkeypatch.setattr(ckpt.os, "replace", no_replace)
+    monkeypatch.setattr(atomic.os, "replace", no_replace)
     with pytest.raises(OSError):
         save_checkpoint(path, _state(1))
     monkeypatch.undo()

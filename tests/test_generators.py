@@ -81,3 +81,24 @@ def test_fsdd_loss_by_t_shape_and_values():
     assert list(table.t) == [0.125, 0.375, 0.625, 0.875]
     # adaLN-Zero: an untrained model predicts uniform logits over 0..M, so the loss is log(M + 1) everywhere
     assert table.loss.tolist() == pytest.approx([torch.log(torch.tensor(M + 1.0)).item()] * 4, rel=1e-5)
+
+
+def test_encode_cached_with_a_loaded_model(tmp_path, monkeypatch):
+    from tokenset.checkpoint import save_checkpoint
+    from tokenset.config import TokenizerConfig
+    from tokenset.tokenizer import SetTokenizer
+
+    torch.manual_seed(0)
+    cfg = TokenizerConfig.preset("tiny")
+    model = SetTokenizer(cfg).eval()
+    ckpt = save_checkpoint(tmp_path / "tok.pt", {"config": {"tokenizer": cfg.to_dict()}, "ema": model.state_dict()})
+    images = torch.randint(0, 256, (5, 3, cfg.image_size, cfg.image_size), dtype=torch.uint8)
+    cold = generators.encode_cached(ckpt, images, tmp_path / "a.pt")  # loads the checkpoint itself
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("encode_cached loaded the checkpoint although a model was given")
+
+    monkeypatch.setattr(SetTokenizer, "from_checkpoint", refuse)
+    given = generators.encode_cached(ckpt, images, tmp_path / "b.pt", model=model)
+    assert given.shape == (5, cfg.num_tokens) and torch.equal(given, cold)
+    assert torch.equal(generators.encode_cached(ckpt, images, tmp_path / "b.pt", model=None), cold)  # warm cache

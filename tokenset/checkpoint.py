@@ -1,28 +1,27 @@
 """Checkpoints: atomic writes, and loads that never execute pickled code.
 
-``save_checkpoint(path, state)`` writes ``state`` to a temporary file in the same directory, flushes and fsyncs it,
-then renames it over ``path`` (``os.replace`` is atomic on POSIX), and fsyncs the directory. A crash at any moment
-leaves either the old complete file or the new complete file at ``path``, never a truncated one (the temporary file
-may be left behind; it is never read).
+``save_checkpoint(path, state)`` writes ``state`` through ``tokenset.atomic``: a temporary file in the same
+directory, flushed, fsynced and renamed over ``path``. A crash at any moment leaves either the old complete file or
+the new complete file at ``path``, never a truncated one.
 
 ``load_checkpoint(path)`` uses ``torch.load(weights_only=True)``: only tensors, numbers, strings, None, bools and
 containers of them can be loaded, so a malicious pickle is refused instead of run. A state therefore holds only such
 values: model/EMA/optimizer state dicts, the step, RNG states as tensors and lists (``rng_state()``), and the
-resolved config as a plain dict. Imports nothing else from tokenset.
+resolved config as a plain dict. Imports nothing else from tokenset but ``tokenset.atomic``.
 """
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from tokenset.atomic import atomic_write
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state"]
 
@@ -35,33 +34,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Write ``state`` (a dict of weights_only-loadable values) atomically to ``path``; returns the path."""
     if not isinstance(state, dict):
         raise TypeError(f"state must be a dict, got {type(state).__name__}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. platforms without directory file descriptors; the rename itself has happened
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    return atomic_write(path, lambda fh: torch.save(state, fh))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -74,6 +74,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from tokenset import atomic
 from tokenset.config import DataConfig
 
 Split = Literal["train", "val"]
@@ -456,20 +457,19 @@ def read_idx(path: Path) -> np.ndarray:
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """np.savez_compressed, but byte-for-byte reproducible (fixed zip timestamps), written atomically."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # unique per process: ranks may race
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for key, arr in arrays.items():
-            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            with zf.open(info, "w", force_zip64=True) as fh:
-                np.lib.format.write_array(fh, np.ascontiguousarray(arr), allow_pickle=False)
-    os.replace(tmp, path)
+    def write(out: Any) -> None:
+        with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for key, arr in arrays.items():
+                info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_DEFLATED
+                with zf.open(info, "w", force_zip64=True) as fh:
+                    np.lib.format.write_array(fh, np.ascontiguousarray(arr), allow_pickle=False)
+
+    atomic.atomic_write(path, write)
 
 
 def _write_json(path: Path, doc: dict) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # unique per process: ranks may race
-    tmp.write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(doc, indent=1, sort_keys=False) + "\n")
 
 
 def _paths(cfg: DataConfig) -> tuple[Path, Path]:

@@ -141,16 +141,19 @@ def sample_images(name: str, model: nn.Module, tokenizer: SetTokenizer, class_fr
 
 
 def encode_cached(checkpoint: str | Path, images: torch.Tensor, cache: str | Path,
-                  device: str | torch.device = "cpu") -> torch.Tensor:
+                  device: str | torch.device = "cpu", model: SetTokenizer | None = None) -> torch.Tensor:
     """Tokens (N, M) int64 of uint8 ``images`` under the tokenizer ``checkpoint`` (EMA weights), cached in
-    ``cache`` together with the checkpoint's sha256 and the images' count: a changed tokenizer re-encodes."""
+    ``cache`` together with the checkpoint's sha256 and the images' count: a changed tokenizer re-encodes.
+    ``model``: that checkpoint already loaded (``SetTokenizer.from_checkpoint``), so a cold cache does not load it
+    again; the cache key is still the checkpoint file's."""
     checkpoint, cache = Path(checkpoint), Path(cache)
     key: dict[str, Any] = {"checkpoint_sha256": sha256_file(checkpoint), "num_images": len(images)}
     if cache.is_file():
         state = load_checkpoint(cache)
         if state.get("key") == key:
             return state["tokens"]
-    model = SetTokenizer.from_checkpoint(checkpoint, map_location=device).to(device)
+    if model is None:
+        model = SetTokenizer.from_checkpoint(checkpoint, map_location=device).to(device)
     tokens = analysis.encode_images(model, images)
     save_checkpoint(cache, {"key": key, "tokens": tokens})
     return tokens

