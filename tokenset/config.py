@@ -336,8 +336,8 @@ class AblationConfig(Section):
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(arms=ABLATION_ARMS, steps=15, psnr_threshold=10.0, probe_images=16),
-        # 400 steps x 6 arms (~0.35 s per step on 2 CPU cores) keep the stage near 15 minutes. At this budget the
-        # set arm is still in its colour phase (about 18.2 dB; it leaves it after ~800 of 1500 steps), so the
+        # 400 steps x 6 arms (each arm's wall_time_s is in results/ablation/metrics.json). At this budget the
+        # set arm is still in its colour phase (about 18.1 dB; it leaves it after ~800 of 1500 steps), so the
         # threshold of 17.5 dB measures how fast each arm gets there
         "small": dict(arms=ABLATION_ARMS, steps=400, psnr_threshold=17.5, probe_images=64),
     }
