@@ -4,8 +4,8 @@
 processes or ranks writing the same path do not clash), flushes and fsyncs it, renames it over ``path``
 (``os.replace`` is atomic on POSIX) and fsyncs the folder. On any error the temporary file is removed and ``path``
 keeps its previous content. ``write_bytes`` / ``write_text`` are the one-call forms. Every file the library writes
-for later reading (checkpoints, logs, prepared data, manifests, feature caches, records) goes through here. Imports
-nothing else from tokenset.
+for later reading goes through here (checkpoints, training logs, prepared data and manifests, cached weights,
+result tables and JSON); figures are saved by matplotlib. Imports nothing else from tokenset.
 """
 
 from __future__ import annotations

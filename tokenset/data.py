@@ -268,7 +268,7 @@ def extract_deb(deb: Path, tree: Path) -> Path:
                             f"{result.stderr.strip()}")
     else:
         _extract_deb_python(deb, tree)
-    stamp.write_text(digest + "\n")
+    atomic.write_text(stamp, digest + "\n")
     return tree
 
 

@@ -1,4 +1,4 @@
-"""Writing results: tables as CSV + Markdown, JSON files, and a standard figure save. Used by the notebooks."""
+"""Writing results: tables as CSV + Markdown and JSON files, each written atomically. Used by the notebooks."""
 
 from __future__ import annotations
 
@@ -9,17 +9,18 @@ from typing import Any
 
 import pandas as pd
 
+from tokenset import atomic
+
 __all__ = ["write_table", "write_json"]
 
 
 def write_table(df: pd.DataFrame, stem: str | Path, floatfmt: str = ".4g", note: str = "") -> tuple[Path, Path]:
     """Write ``df`` to ``<stem>.csv`` and ``<stem>.md`` (a GitHub table, preceded by ``note`` if given)."""
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
     csv, md = stem.with_suffix(".csv"), stem.with_suffix(".md")
-    df.to_csv(csv, index=False)
+    atomic.write_text(csv, df.to_csv(index=False))
     text = df.to_markdown(index=False, floatfmt=floatfmt)
-    md.write_text((note.strip() + "\n\n" if note else "") + text + "\n")
+    atomic.write_text(md, (note.strip() + "\n\n" if note else "") + text + "\n")
     return csv, md
 
 
@@ -37,7 +38,4 @@ def _plain(obj: Any) -> Any:
 
 def write_json(obj: Any, path: str | Path) -> Path:
     """Write ``obj`` as indented JSON (numpy/torch scalars converted, inf/nan as strings)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_plain(obj), indent=1) + "\n")
-    return path
+    return atomic.write_text(path, json.dumps(_plain(obj), indent=1) + "\n")

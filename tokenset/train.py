@@ -776,7 +776,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     metrics = fit_tokenizer(tok_cfg, train_cfg, train_data, val_data, args.out, device=device,
                             resume=not args.fresh)
     if _rank_world()[0] == 0:
-        (Path(args.out) / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        atomic.write_text(Path(args.out) / "metrics.json", json.dumps(metrics, indent=1))
         print(json.dumps({k: v for k, v in metrics.items() if k != "config"}, indent=1))
     if dist.is_initialized():
         dist.destroy_process_group()
