@@ -144,10 +144,9 @@ class TokenizerConfig(Section):
             image_size=16, patch_size=4, width=32, depth=1, heads=2, decoder_width=32, decoder_depth=1,
             decoder_heads=2, num_tokens=8, codebook_size=32, token_dim=8, pixel_head="linear",
         ),
-        # patch 8 (a 4 x 4 grid): a training step costs about half of patch 4's (results/bench/tokenizer.md has both),
-        # and learns at least as well per step: the 1800-step recipe reached 20.58 dB val PSNR
-        # against 20.56 at patch 4 (`python benchmarks/tune_tokenizer.py --out /tmp/tune/p8 --threads 1
-        # tokenizer.patch_size=8`, 2026-11-29). A per-image mean colour scores 20.47 dB (see README)
+        # patch 8 (a 4 x 4 grid): a training step costs 267 ms against 457 at patch 4 (results/bench/tokenizer.md).
+        # With train.steps 2200 `make repro` 2026-11-29 gave val PSNR 21.13 dB (ordered control 21.35) in 531 s
+        # (results/tokenizer/metrics.json); a per-image mean colour scores 20.47 dB (see README, "Patch 8")
         "small": dict(
             image_size=32, patch_size=8, width=128, depth=3, heads=4, decoder_width=128, decoder_depth=3,
             decoder_heads=4, num_tokens=32, codebook_size=512, token_dim=12, pixel_head="conv",
@@ -338,7 +337,7 @@ class AblationConfig(Section):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(arms=ABLATION_ARMS, steps=15, psnr_threshold=10.0, probe_images=16),
         # 400 steps x 6 arms (each arm's wall_time_s is in results/ablation/metrics.json). At this budget the
-        # set arm is still in its colour phase (about 18.1 dB; it leaves it after ~800 of 1500 steps), so the
+        # arms are still before or on the tokenizers' plateau (15.9-18.0 dB in the 2026-11-29 run), so the
         # threshold of 17.5 dB measures how fast each arm gets there
         "small": dict(arms=ABLATION_ARMS, steps=400, psnr_threshold=17.5, probe_images=64),
     }
