@@ -35,7 +35,8 @@ def _module_file(name: str) -> Path | None:
 
 
 def module_closure(source: str) -> set[Path]:
-    """Files of the tokenset modules ``source`` imports, transitively (tokenset/__init__.py aside)."""
+    """Files of the tokenset modules ``source`` imports, transitively. tokenset/__init__.py is left out: it only
+    re-exports the public API, so following it would make every stage depend on every module it names."""
     seen: set[Path] = set()
     todo = [source]
     while todo:
