@@ -4,7 +4,7 @@ One step = FSDD.training_loss (t, x0, the discretised-Gaussian z_t, the model, c
 batch B of count vectors over C codes summing to M; the mean of --repeats steps after one warm-up step.
 Used to size the `small` denoiser preset (tokenset/config.py, DenoiserConfig.PRESETS).
 
-Run: .venv/bin/python benchmarks/bench_denoiser.py [--shapes 128x4 96x3] [--codebook 512] [--total 32] [--batch 32]
+Run: .venv/bin/python benchmarks/bench_denoiser.py [--shapes 128x4 96x3 64x3] [--codebook 512] [--total 32] [--batch 32]
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def step_seconds(width: int, depth: int, codebook: int, total: int, batch: int, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", nargs="+", default=["128x4", "96x3"], help="WIDTHxDEPTH")
+    parser.add_argument("--shapes", nargs="+", default=["128x4", "96x3", "64x3"], help="WIDTHxDEPTH")
     parser.add_argument("--codebook", type=int, default=512)
     parser.add_argument("--total", type=int, default=32)
     parser.add_argument("--batch", type=int, default=32)

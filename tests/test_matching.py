@@ -13,7 +13,8 @@ import torch
 import yaml
 
 from tokenset.baselines import matching
-from tokenset.config import ABLATION_ARMS, AblationConfig, TokenizerConfig, TrainConfig, from_mapping, load_params
+from tokenset.config import (ABLATION_ARMS, STUDY_LOG_ROWS, AblationConfig, TokenizerConfig, TrainConfig, from_mapping,
+                             load_params)
 from tokenset.tokenizer import SetTokenizer
 from tokenset.train import fit_tokenizer
 
@@ -341,4 +342,5 @@ def test_ablation_arm_configs_differ_only_in_the_switch():
         AblationConfig.arm_tokenizer(tok, "sinkhorn")
     shared = abl.arm_train(train)
     assert (shared.steps, shared.disc_steps, shared.max_minutes) == (abl.steps, 0, 0.0)
-    assert shared.replace(steps=train.steps, disc_steps=5, max_minutes=3.0) == train
+    assert shared.log_every == min(train.log_every, max(1, abl.steps // STUDY_LOG_ROWS))  # a curve of >= 8 rows
+    assert shared.replace(steps=train.steps, disc_steps=5, max_minutes=3.0, log_every=train.log_every) == train

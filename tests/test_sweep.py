@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tokenset.config import SECTIONS, SweepConfig, TokenizerConfig, TrainConfig, from_mapping, load_params
+from tokenset.config import (SECTIONS, STUDY_LOG_ROWS, AblationConfig, SweepConfig, TokenizerConfig, TrainConfig,
+                             from_mapping, load_params, study_train)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,7 +75,7 @@ def test_smoke_params_and_presets():
     assert isinstance(smoke.num_tokens, tuple) and isinstance(smoke.codebook_sizes, tuple)
     small = SweepConfig.preset("small")
     assert (small.num_tokens, small.codebook_sizes, small.centre_tokens, small.centre_codebook, small.grid,
-            small.steps) == ((16, 32, 64), (128, 256, 512, 1024), 32, 512, "cross", 400)
+            small.steps) == ((16, 32, 64), (128, 256, 512, 1024), 32, 512, "cross", AblationConfig.preset("small").steps)
     gen = TrainConfig.preset("small", steps=300)
     assert small.fsdd_steps >= 1 and small.fsdd_train(gen) == gen.replace(steps=small.fsdd_steps)
     with pytest.raises(ValueError, match="fsdd_steps is 0"):
@@ -108,4 +109,12 @@ def test_point_configs_change_only_m_c_and_the_budget():
         assert cfg.replace(num_tokens=tok.num_tokens, codebook_size=tok.codebook_size) == tok
     shared = sweep.point_train(train)
     assert (shared.steps, shared.disc_steps, shared.max_minutes) == (sweep.steps, 0, 0.0)
-    assert shared.replace(steps=train.steps, disc_steps=5, max_minutes=3.0) == train
+    assert shared.log_every == min(train.log_every, max(1, sweep.steps // STUDY_LOG_ROWS))  # a curve of >= 8 rows
+    assert shared.replace(steps=train.steps, disc_steps=5, max_minutes=3.0, log_every=train.log_every) == train
+
+
+def test_study_runs_log_at_least_eight_rows():
+    small = TrainConfig.preset("small")  # log_every 100
+    assert study_train(small, 200).log_every == 25 and study_train(small, 2000).log_every == 100
+    assert study_train(small, 5).log_every == 1
+    assert study_train(small, 200).workers == small.workers  # the studies run their jobs as the train section says

@@ -1,0 +1,80 @@
+"""tokenset.parallel: jobs in worker processes give what the same jobs give one after another."""
+
+import math
+
+import pytest
+import torch
+
+from tokenset import parallel
+from tokenset.baselines import matching
+from tokenset.checkpoint import load_checkpoint
+from tokenset.config import TokenizerConfig, TrainConfig
+from tokenset.train import fit_tokenizer
+
+TOK = TokenizerConfig.preset("tiny")
+TRAIN = TrainConfig.preset("tiny", steps=6, batch_size=8, log_every=3, ckpt_every=6)
+
+
+def _images(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, TOK.image_size, TOK.image_size), generator=g, dtype=torch.uint8)
+
+
+def _jobs(root, **extra):
+    train, val = _images(32, 0), _images(8, 1)
+    arms = {"set": TOK, "ordered": TOK.replace(ordered=True),
+            "hungarian": TOK.replace(decoder_input="hungarian")}
+    return {arm: dict(tok_cfg=cfg, train_cfg=TRAIN, train_images=train, val_images=val, out_dir=root / arm,
+                      progress=False, plot=False,
+                      on_log=matching.InstabilityProbe(val[:4]) if arm == "hungarian" else None, **extra)
+            for arm, cfg in arms.items()}
+
+
+def test_two_workers_match_a_sequential_loop(tmp_path):
+    # one thread per job either way: the workers must reproduce the loop exactly, weights and metrics
+    sequential = parallel.run_jobs(fit_tokenizer, _jobs(tmp_path / "seq"), workers=1, verbose=False)
+    spawned = parallel.run_jobs(fit_tokenizer, _jobs(tmp_path / "par"), workers=2, threads=1, verbose=False)
+    assert list(spawned) == ["set", "ordered", "hungarian"]  # the order of the jobs, not of completion
+    for arm in sequential:
+        a, b = sequential[arm], spawned[arm]
+        assert a["steps"] == b["steps"] == TRAIN.steps
+        assert a["val_psnr"] == b["val_psnr"] and math.isfinite(a["val_psnr"])
+        wa = load_checkpoint(tmp_path / "seq" / arm / "checkpoint.pt")["ema"]
+        wb = load_checkpoint(tmp_path / "par" / arm / "checkpoint.pt")["ema"]
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # the matching arm's probe ran in its worker: its values are in that arm's log
+    log = (tmp_path / "par" / "hungarian" / "log.csv").read_text()
+    assert "match_changed" in log.splitlines()[0]
+
+
+def test_a_failing_job_is_named(tmp_path):
+    jobs = _jobs(tmp_path)
+    jobs["ordered"]["val_images"] = torch.zeros(4, 3, 7, 7, dtype=torch.uint8)  # wrong image size
+    with pytest.raises(parallel.JobError, match=r"job 'ordered' failed: ValueError: .*val_images"):
+        parallel.run_jobs(fit_tokenizer, jobs, workers=2, threads=1, verbose=False)
+    with pytest.raises(parallel.JobError, match=r"job 'ordered' failed"):
+        parallel.run_jobs(fit_tokenizer, jobs, workers=1, verbose=False)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(workers=0), r"workers: expected an integer >= 1, got 0"),
+    (dict(workers=2, threads=-1), r"threads: expected an integer >= 0"),
+    (dict(workers=2, fn=lambda **kw: kw), r"cannot be sent to a worker process"),
+    (dict(workers=2, jobs=[1, 2]), r"jobs: expected a mapping"),
+])
+def test_bad_arguments(kwargs, message):
+    args = dict(fn=fit_tokenizer, jobs={"a": {}, "b": {}}, verbose=False) | kwargs
+    with pytest.raises(ValueError, match=message):
+        parallel.run_jobs(**args)
+
+
+def test_job_threads_split_the_cores():
+    torch.set_num_threads(4)
+    assert parallel.job_threads(2) == 2 and parallel.job_threads(3) == 1 and parallel.job_threads(8) == 1
+    assert parallel.job_threads(2, threads=3) == 3
+
+
+def test_train_config_workers():
+    assert TrainConfig.preset("tiny").workers == 1 and "workers" not in TrainConfig.preset("tiny").to_dict()
+    with pytest.raises(ValueError, match="workers"):
+        TrainConfig.preset("tiny", workers=0)
