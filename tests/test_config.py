@@ -134,3 +134,11 @@ def test_environment_yml_mirrors_pyproject_pins():
     conda = dict(_requirement_name_and_spec(r) for r in pip_list if not r.startswith("-e"))
     assert conda == py
     assert py["torch"] == "==2.14.1" and py["torchvision"] == "==0.29.1"
+
+
+def test_eval_study_samples():
+    from tokenset.config import EvalConfig
+    assert EvalConfig.preset("small").study_count == 64 and EvalConfig.preset("tiny").study_count == 64
+    assert EvalConfig.preset("paper").study_count == 50_000 and "study_samples" not in EvalConfig.preset("paper").to_dict()
+    with pytest.raises(ValueError, match="study_samples"):
+        EvalConfig.preset("small", study_samples=1)

@@ -343,4 +343,5 @@ def test_ablation_arm_configs_differ_only_in_the_switch():
     shared = abl.arm_train(train)
     assert (shared.steps, shared.disc_steps, shared.max_minutes) == (abl.steps, 0, 0.0)
     assert shared.log_every == min(train.log_every, max(1, abl.steps // STUDY_LOG_ROWS))  # a curve of >= 8 rows
-    assert shared.replace(steps=train.steps, disc_steps=5, max_minutes=3.0, log_every=train.log_every) == train
+    assert shared.replace(steps=train.steps, disc_steps=5, max_minutes=3.0, log_every=train.log_every,
+                          warmup_steps=train.warmup_steps) == train

@@ -1,6 +1,11 @@
 """tokenset.parallel: jobs in worker processes give what the same jobs give one after another."""
 
 import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -78,3 +83,44 @@ def test_train_config_workers():
     assert TrainConfig.preset("tiny").workers == 1 and "workers" not in TrainConfig.preset("tiny").to_dict()
     with pytest.raises(ValueError, match="workers"):
         TrainConfig.preset("tiny", workers=0)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and "spawn_main" in (stat.parent / "cmdline").read_text():
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_workers_end_when_the_parent_is_killed():
+    # a killed notebook kernel must not leave its workers training on
+    script = ("import subprocess; from tokenset.parallel import run_jobs; "
+              "run_jobs(subprocess.call, {0: dict(args=['sleep', '120']), 1: dict(args=['sleep', '120'])}, "
+              "workers=2, threads=1)")
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 120
+        while len(workers := _children(parent.pid)) < 2:
+            assert time.monotonic() < deadline, "the workers did not start"
+            time.sleep(0.2)
+        time.sleep(1.0)  # let them reach the job
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(w) for w in workers):
+        assert time.monotonic() < deadline, "workers outlived their parent"
+        time.sleep(0.2)

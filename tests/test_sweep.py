@@ -110,11 +110,13 @@ def test_point_configs_change_only_m_c_and_the_budget():
     shared = sweep.point_train(train)
     assert (shared.steps, shared.disc_steps, shared.max_minutes) == (sweep.steps, 0, 0.0)
     assert shared.log_every == min(train.log_every, max(1, sweep.steps // STUDY_LOG_ROWS))  # a curve of >= 8 rows
-    assert shared.replace(steps=train.steps, disc_steps=5, max_minutes=3.0, log_every=train.log_every) == train
+    assert shared.replace(steps=train.steps, disc_steps=5, max_minutes=3.0, log_every=train.log_every,
+                          warmup_steps=train.warmup_steps) == train
 
 
 def test_study_runs_log_at_least_eight_rows():
     small = TrainConfig.preset("small")  # log_every 100
     assert study_train(small, 200).log_every == 25 and study_train(small, 2000).log_every == 100
     assert study_train(small, 5).log_every == 1
-    assert study_train(small, 200).workers == small.workers  # the studies run their jobs as the train section says
+    assert study_train(small, 150).warmup_steps == 37 and study_train(small, 2000).warmup_steps == 100
+    assert study_train(small.replace(workers=2), 150).workers == 2  # the studies run their jobs as `train` says

@@ -212,13 +212,12 @@ class TrainConfig(Section):
         # stage 2 = 300 decoder-only steps with L2 alone: from the 1500-step set tokenizer (patch 4) it moved val PSNR
         # 20.27 -> 20.58 dB and rFID 234.3 -> 226.3, while disc_weight 0.1 fell to 14.39 dB / rFID 350.5 (`python
         # benchmarks/tune_discriminator.py --checkpoint data/checkpoints/tokenizer/set/checkpoint.pt --steps 300
-        # --weights 0,0.1`, 2026-11-29). 2200 stage-1 steps at patch 8: the plateau ends anywhere from ~600 to ~1000
-        # steps, and 1500 left a run that left it late at 19.5 dB (README "Patch 8"). ema_decay 0.995: the EMA's
-        # (1 + n) / (10 + n) warm-up reaches it after ~1800 updates
-        # workers 2: the stages' independent runs train two at a time with one thread each, 1.3x the throughput of
-        # one run on both cores (tokenset/parallel.py)
-        "small": dict(steps=2200, batch_size=32, lr=1e-3, warmup_steps=100, log_every=100, ckpt_every=500,
-                      max_minutes=0.0, ema_decay=0.995, disc_steps=300, disc_weight=0.0, workers=2),
+        # --weights 0,0.1`, 2026-11-29). 2000 stage-1 steps at patch 8: the plateau ends anywhere from ~600 to ~1000
+        # steps; 1500 left a run that left it late at 19.5 dB, 2200 gave 21.13 dB; 2000 is what fits `make repro`
+        # into 45 minutes (README "Patch 8"). ema_decay 0.995: the EMA's (1 + n) / (10 + n) warm-up reaches it after
+        # ~1800 updates
+        "small": dict(steps=2000, batch_size=32, lr=1e-3, warmup_steps=100, log_every=100, ckpt_every=500,
+                      max_minutes=0.0, ema_decay=0.995, disc_steps=300, disc_weight=0.0),
         "paper": dict(steps=1_000_000, batch_size=256, lr=1e-4, warmup_steps=10_000, log_every=500,
                       ckpt_every=5000, num_workers=8, amp=True),
     }
@@ -307,11 +306,16 @@ class EvalConfig(Section):
     prc_neighborhood: int = 3  # k of the k-NN balls of precision / recall
     dataset_extractor_steps: int = 500  # training steps of the small data-set CNN (extractor: dataset)
     cache_dir: str | None = None  # wheels, Inception weights, real features; None: $TOKENSET_CACHE or ~/.cache/tokenset
+    # images per run in the study stages (ablation rFID, sweep rFID and gFID); 0: num_samples
+    study_samples: int = 0
 
+    OMIT_IF_DEFAULT: ClassVar[tuple[str, ...]] = ("study_samples",)
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(num_samples=64, seeds=(0,), guidance_scales=(1.0,), extractor="dataset"),
-        # 128 samples x 2 seeds: stage fid_tables scores ~1.9k images with Inception (~4 images/s on 2 CPU cores)
-        "small": dict(num_samples=128, seeds=(0, 1), guidance_scales=(1.0, 2.0, 3.0), extractor="inception"),
+        # 128 samples x 2 seeds: stage fid_tables scores ~1.9k images with Inception (~8 images/s on 2 CPU cores).
+        # The studies score 64 per run (12 rFIDs, 4 gFIDs): comparable within a study, not with the FID tables
+        "small": dict(num_samples=128, seeds=(0, 1), guidance_scales=(1.0, 2.0, 3.0), extractor="inception",
+                      study_samples=64),
         "paper": dict(num_samples=50_000, seeds=(0,), guidance_scales=(1.0, 2.0, 3.0), extractor="inception"),
     }
 
@@ -323,6 +327,12 @@ class EvalConfig(Section):
         _check(self, self.kid_subsets >= 1, "kid_subsets", "at least 1")
         _check(self, self.prc_neighborhood >= 1, "prc_neighborhood", "at least 1")
         _check(self, self.dataset_extractor_steps >= 1, "dataset_extractor_steps", "at least 1")
+        _check(self, self.study_samples == 0 or self.study_samples >= 2, "study_samples", "0 (num_samples) or at least 2")
+
+    @property
+    def study_count(self) -> int:
+        """Images per run in the study stages (ablation, sweep): ``study_samples``, or ``num_samples`` if it is 0."""
+        return self.study_samples or self.num_samples
 
 
 ABLATION_ARMS = ("set", "ordered", "mean", "pma", "hungarian", "chamfer")
@@ -331,10 +341,12 @@ STUDY_LOG_ROWS = 8  # validation rows that a study run's curve has at least
 
 def study_train(train: TrainConfig, steps: int) -> TrainConfig:
     """The optimisation of a study run (an ablation arm, a sweep point): ``train`` at ``steps`` steps, stage 1 only
-    (``disc_steps=0``), no wall-clock budget (every run gets exactly ``steps`` steps), and a log row (with validation
-    PSNR) at least every ``steps // STUDY_LOG_ROWS`` steps, so that short runs still draw a curve."""
+    (``disc_steps=0``), no wall-clock budget (every run gets exactly ``steps`` steps), a log row (with validation
+    PSNR) at least every ``steps // STUDY_LOG_ROWS`` steps, so that short runs still draw a curve, and a warm-up of
+    at most a quarter of the steps (a short run does not spend most of its budget warming up)."""
     return train.replace(steps=steps, disc_steps=0, max_minutes=0.0,
-                         log_every=max(1, min(train.log_every, steps // STUDY_LOG_ROWS)))
+                         log_every=max(1, min(train.log_every, steps // STUDY_LOG_ROWS)),
+                         warmup_steps=min(train.warmup_steps, steps // 4))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -353,11 +365,11 @@ class AblationConfig(Section):
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(arms=ABLATION_ARMS, steps=15, psnr_threshold=10.0, probe_images=16),
-        # 200 steps x 6 arms, two at a time (train.workers): what fits `make repro` into 45 minutes. At this budget
-        # every arm is still before or on the tokenizers' plateau (~18 dB), so the table ranks how fast the arms
-        # start, not where they end: a verdict needs ~1500 steps and several seeds (README, "Ablation"). The
-        # threshold of 16.5 dB is where the set arm stood at step ~150 in the 2026-11-29 runs
-        "small": dict(arms=ABLATION_ARMS, steps=200, psnr_threshold=16.5, probe_images=64),
+        # 150 steps x 6 arms: what fits `make repro` into 45 minutes. At this budget every arm is still before or
+        # on the tokenizers' plateau (~18 dB), so the table ranks how fast the arms start, not where they end: a
+        # verdict needs ~1500 steps and several seeds (README, "Ablation"). 16 dB: the set tokenizer passed it
+        # between steps 100 and 200 in the 2026-11-29 runs
+        "small": dict(arms=ABLATION_ARMS, steps=150, psnr_threshold=16.0, probe_images=64),
     }
 
     def __post_init__(self) -> None:
@@ -405,12 +417,12 @@ class SweepConfig(Section):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(num_tokens=(4, 8), codebook_sizes=(16, 32), centre_tokens=8, centre_codebook=32, grid="cross",
                      steps=10, fsdd_steps=5),
-        # cross = 6 points of 200 steps (the ablation's budget; the centre point is the ablation's `set` arm, reused),
-        # two at a time (train.workers); M = 64 costs more per step than M = 32. Like the ablation, a screen of early
-        # training, not of capacity (README, "Sweep"). FSDD on the centre row: 80 steps each (the generators get
-        # 300), as its cost grows with C (results/bench/denoiser.md)
+        # cross = 6 points of 150 steps (the ablation's budget; the centre point is the ablation's `set` arm, reused);
+        # M = 64 costs more per step than M = 32. Like the ablation, a screen of early training, not of capacity
+        # (README, "Sweep"). FSDD on the centre row: 80 steps each (the generators get 300), as its cost grows with C
+        # (results/bench/denoiser.md), scored on eval.study_samples
         "small": dict(num_tokens=(16, 32, 64), codebook_sizes=(128, 256, 512, 1024), centre_tokens=32,
-                      centre_codebook=512, grid="cross", steps=200, fsdd_steps=80),
+                      centre_codebook=512, grid="cross", steps=150, fsdd_steps=80),
     }
 
     def __post_init__(self) -> None:

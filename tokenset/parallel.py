@@ -1,9 +1,9 @@
 """Independent jobs (tokenizer arms, sweep points) in worker processes that share the machine's cores.
 
-On a small CPU a training step does not keep every core busy: on this project's 2-core machine one small-preset
-tokenizer step takes 244 ms with 2 threads, while two processes with 1 thread each take 376 ms per step each, i.e.
-188 ms per step of throughput, 1.3x more (``benchmarks/bench_tokenizer.py --threads 1`` run twice at once; README,
-"Parallel jobs"). ``run_jobs`` uses that for jobs that do not depend on each other::
+Meant for machines whose cores one run cannot keep busy. On this project's 2-core machine it does not pay for the
+small-preset tokenizer: the benchmark's bare step suggested 1.3x (two one-thread processes at 376 ms per step each
+against 244 ms for one two-thread process), but in the real training loop two one-thread runs took 447 ms per step
+each against 217 ms for one two-thread run, 0.97x (results/bench/parallel.md). So ``train.workers`` defaults to 1. Use::
 
     fits = run_jobs(fit_tokenizer, {arm: dict(tok_cfg=cfg, train_cfg=train, ...) for arm, cfg in arms.items()},
                     workers=2)
@@ -19,7 +19,9 @@ jobs here, one after another, with this process's threads, exactly as a plain lo
 from __future__ import annotations
 
 import multiprocessing
+import os
 import pickle
+import threading
 import time
 from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
@@ -44,8 +46,17 @@ def job_threads(workers: int, threads: int = 0) -> int:
     return threads or max(1, torch.get_num_threads() // workers)
 
 
+def _exit_with_parent() -> None:
+    """Block until the parent process is gone, then end this worker (a killed notebook leaves no orphans)."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        parent.join()
+        os._exit(1)
+
+
 def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
+    threading.Thread(target=_exit_with_parent, daemon=True, name="exit-with-parent").start()
 
 
 def _call(fn: Callable[..., Any], kwargs: dict[str, Any]) -> tuple[Any, float]:
