@@ -124,3 +124,18 @@ def test_workers_end_when_the_parent_is_killed():
     while any(_alive(w) for w in workers):
         assert time.monotonic() < deadline, "workers outlived their parent"
         time.sleep(0.2)
+
+
+def test_a_failure_stops_the_other_workers():
+    # job 'bad' fails at once; the running 'slow' job must be stopped, not waited for
+    jobs = {"slow": dict(args=["sleep", "40"]), "bad": dict(args=["/nonexistent/tokenset-no-such-binary"])}
+    t0 = time.monotonic()
+    with pytest.raises(parallel.JobError, match=r"job 'bad' failed: FileNotFoundError"):
+        parallel.run_jobs(subprocess.call, jobs, workers=2, threads=1, verbose=False)
+    assert time.monotonic() - t0 < 30  # waiting for 'slow' would take 40 s
+
+
+def test_one_job_with_two_workers_still_runs_in_a_worker(tmp_path):
+    # the thread count of a job must not depend on how many jobs there are
+    out = parallel.run_jobs(torch.get_num_threads, {"only": {}}, workers=2, threads=1, verbose=False)
+    assert out == {"only": 1}

@@ -212,11 +212,11 @@ class TrainConfig(Section):
         # stage 2 = 300 decoder-only steps with L2 alone: from the 1500-step set tokenizer (patch 4) it moved val PSNR
         # 20.27 -> 20.58 dB and rFID 234.3 -> 226.3, while disc_weight 0.1 fell to 14.39 dB / rFID 350.5 (`python
         # benchmarks/tune_discriminator.py --checkpoint data/checkpoints/tokenizer/set/checkpoint.pt --steps 300
-        # --weights 0,0.1`, 2026-11-29). 2000 stage-1 steps at patch 8: the plateau ends anywhere from ~600 to ~1000
-        # steps; 1500 left a run that left it late at 19.5 dB, 2200 gave 21.13 dB; 2000 is what fits `make repro`
+        # --weights 0,0.1`, 2026-11-29). 1800 stage-1 steps at patch 8: the plateau ends anywhere from ~600 to ~1000
+        # steps; 1500 left a run that left it late at 19.5 dB, 2200 gave 21.13 dB; 1800 is what fits `make repro`
         # into 45 minutes (README "Patch 8"). ema_decay 0.995: the EMA's (1 + n) / (10 + n) warm-up reaches it after
         # ~1800 updates
-        "small": dict(steps=2000, batch_size=32, lr=1e-3, warmup_steps=100, log_every=100, ckpt_every=500,
+        "small": dict(steps=1800, batch_size=32, lr=1e-3, warmup_steps=100, log_every=100, ckpt_every=500,
                       max_minutes=0.0, ema_decay=0.995, disc_steps=300, disc_weight=0.0),
         "paper": dict(steps=1_000_000, batch_size=256, lr=1e-4, warmup_steps=10_000, log_every=500,
                       ckpt_every=5000, num_workers=8, amp=True),
@@ -327,7 +327,8 @@ class EvalConfig(Section):
         _check(self, self.kid_subsets >= 1, "kid_subsets", "at least 1")
         _check(self, self.prc_neighborhood >= 1, "prc_neighborhood", "at least 1")
         _check(self, self.dataset_extractor_steps >= 1, "dataset_extractor_steps", "at least 1")
-        _check(self, self.study_samples == 0 or self.study_samples >= 2, "study_samples", "0 (num_samples) or at least 2")
+        _check(self, self.study_samples == 0 or self.study_samples >= 2, "study_samples",
+               "0 (num_samples) or at least 2")
 
     @property
     def study_count(self) -> int:
@@ -365,11 +366,11 @@ class AblationConfig(Section):
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(arms=ABLATION_ARMS, steps=15, psnr_threshold=10.0, probe_images=16),
-        # 150 steps x 6 arms: what fits `make repro` into 45 minutes. At this budget every arm is still before or
+        # 100 steps x 6 arms: what fits `make repro` into 45 minutes. At this budget every arm is still before or
         # on the tokenizers' plateau (~18 dB), so the table ranks how fast the arms start, not where they end: a
         # verdict needs ~1500 steps and several seeds (README, "Ablation"). 16 dB: the set tokenizer passed it
-        # between steps 100 and 200 in the 2026-11-29 runs
-        "small": dict(arms=ABLATION_ARMS, steps=150, psnr_threshold=16.0, probe_images=64),
+        # between steps 100 and 200 in the 2026-11-29 runs (with 100 warm-up steps; study runs warm up for 25)
+        "small": dict(arms=ABLATION_ARMS, steps=100, psnr_threshold=16.0, probe_images=64),
     }
 
     def __post_init__(self) -> None:
@@ -417,12 +418,12 @@ class SweepConfig(Section):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(num_tokens=(4, 8), codebook_sizes=(16, 32), centre_tokens=8, centre_codebook=32, grid="cross",
                      steps=10, fsdd_steps=5),
-        # cross = 6 points of 150 steps (the ablation's budget; the centre point is the ablation's `set` arm, reused);
+        # cross = 6 points of 100 steps (the ablation's budget; the centre point is the ablation's `set` arm, reused);
         # M = 64 costs more per step than M = 32. Like the ablation, a screen of early training, not of capacity
-        # (README, "Sweep"). FSDD on the centre row: 80 steps each (the generators get 300), as its cost grows with C
+        # (README, "Sweep"). FSDD on the centre row: 40 steps each (the generators get 300), as its cost grows with C
         # (results/bench/denoiser.md), scored on eval.study_samples
         "small": dict(num_tokens=(16, 32, 64), codebook_sizes=(128, 256, 512, 1024), centre_tokens=32,
-                      centre_codebook=512, grid="cross", steps=150, fsdd_steps=80),
+                      centre_codebook=512, grid="cross", steps=100, fsdd_steps=40),
     }
 
     def __post_init__(self) -> None:

@@ -68,17 +68,18 @@ def run_jobs(fn: Callable[..., Any], jobs: Mapping[Hashable, Mapping[str, Any]],
              threads: int = 0, verbose: bool = True) -> dict[Hashable, Any]:
     """``{key: fn(**kwargs)}`` for every ``(key, kwargs)`` in ``jobs``, in the order of ``jobs``.
 
-    workers: processes that run jobs at once (1: here, sequentially). threads: torch threads per worker (0: this
-    process's threads divided by ``workers``). Jobs start in the order given (put the longest first for the best
-    packing). The first failure cancels the jobs not yet started and raises ``JobError`` naming the job, chained to
-    the original exception. ``verbose`` prints one line per finished job.
+    workers: processes that run jobs at once (1: here, one after another, with this process's threads; ``threads``
+    is then not used). threads: torch threads per worker (0: this process's threads divided by ``workers``); every
+    job gets that many, however many jobs there are. Jobs start in the order given (put the longest first for the
+    best packing). The first failure stops the other workers and raises ``JobError`` naming the job, chained to the
+    original exception. ``verbose`` prints one line per finished job.
     """
     if not callable(fn):
         raise ValueError(f"fn: expected a callable, got {type(fn).__name__}")
     if not isinstance(jobs, Mapping) or not all(isinstance(kw, Mapping) for kw in jobs.values()):
         raise ValueError("jobs: expected a mapping {key: {argument name: value}}")
     per_job = job_threads(workers, threads)
-    if workers == 1 or len(jobs) <= 1:
+    if workers == 1:
         out = {}
         for key, kwargs in jobs.items():
             try:
@@ -98,8 +99,9 @@ def run_jobs(fn: Callable[..., Any], jobs: Mapping[Hashable, Mapping[str, Any]],
                          "tokenset.train.fit_tokenizer)") from None
     done: dict[Hashable, Any] = {}
     context = multiprocessing.get_context("spawn")  # a fork would inherit this process's thread pools
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context, initializer=_init_worker,
-                             initargs=(per_job,)) as pool:
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context, initializer=_init_worker,
+                               initargs=(per_job,))
+    try:
         futures: dict[Future, Hashable] = {pool.submit(_call, fn, dict(kw)): key for key, kw in jobs.items()}
         pending = set(futures)
         while pending:
@@ -108,8 +110,6 @@ def run_jobs(fn: Callable[..., Any], jobs: Mapping[Hashable, Mapping[str, Any]],
                 key = futures[future]
                 exc = future.exception()
                 if exc is not None:
-                    for other in pending:
-                        other.cancel()
                     what = "its worker process died (out of memory or killed?)" \
                         if isinstance(exc, BrokenProcessPool) else f"{type(exc).__name__}: {exc}"
                     raise JobError(f"job {key!r} failed: {what}") from exc
@@ -117,4 +117,11 @@ def run_jobs(fn: Callable[..., Any], jobs: Mapping[Hashable, Mapping[str, Any]],
                 if verbose:
                     print(f"job {key!r} done in {seconds:.1f} s ({len(done)}/{len(jobs)}, {workers} workers x "
                           f"{per_job} threads)", flush=True)
+    except BaseException:  # a failed job or an interrupt: stop the others now instead of waiting for them
+        processes = list((getattr(pool, "_processes", None) or {}).values())  # no public API before Python 3.14
+        for process in processes:
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     return {key: done[key] for key in jobs}
