@@ -212,11 +212,11 @@ class TrainConfig(Section):
         # stage 2 = 300 decoder-only steps with L2 alone: from the 1500-step set tokenizer (patch 4) it moved val PSNR
         # 20.27 -> 20.58 dB and rFID 234.3 -> 226.3, while disc_weight 0.1 fell to 14.39 dB / rFID 350.5 (`python
         # benchmarks/tune_discriminator.py --checkpoint data/checkpoints/tokenizer/set/checkpoint.pt --steps 300
-        # --weights 0,0.1`, 2026-11-29). 1800 stage-1 steps at patch 8: the plateau ends anywhere from ~600 to ~1000
-        # steps; 1500 left a run that left it late at 19.5 dB, 2200 gave 21.13 dB; 1800 is what fits `make repro`
-        # into 45 minutes (README "Patch 8"). ema_decay 0.995: the EMA's (1 + n) / (10 + n) warm-up reaches it after
-        # ~1800 updates
-        "small": dict(steps=1800, batch_size=32, lr=1e-3, warmup_steps=100, log_every=100, ckpt_every=500,
+        # --weights 0,0.1`, 2026-11-29). 2000 stage-1 steps at patch 8: the plateau ends anywhere from ~600 to ~1000
+        # steps; 1500 left a run that left it late at 19.5 dB, 2200 gave 21.13 dB, 1800 collapsed to 2% codebook usage
+        # at step 400 (15.6 dB at step 500; stopped); 2000 fits `make repro` into 45 minutes (README "Patch 8").
+        # ema_decay 0.995: the EMA's (1 + n) / (10 + n) warm-up reaches it after ~1800 updates
+        "small": dict(steps=2000, batch_size=32, lr=1e-3, warmup_steps=100, log_every=100, ckpt_every=500,
                       max_minutes=0.0, ema_decay=0.995, disc_steps=300, disc_weight=0.0),
         "paper": dict(steps=1_000_000, batch_size=256, lr=1e-4, warmup_steps=10_000, log_every=500,
                       ckpt_every=5000, num_workers=8, amp=True),
