@@ -215,9 +215,11 @@ class TrainConfig(Section):
         # --weights 0,0.1`, 2026-11-29). 2000 stage-1 steps at patch 8: the plateau ends anywhere from ~600 to ~1000
         # steps; 1500 left a run that left it late at 19.5 dB, 2200 gave 21.13 dB, 1800 collapsed to 2% codebook usage
         # at step 400 (15.6 dB at step 500; stopped); 2000 fits `make repro` into 45 minutes (README "Patch 8").
-        # ema_decay 0.995: the EMA's (1 + n) / (10 + n) warm-up reaches it after ~1800 updates
+        # ema_decay 0.995: the EMA's (1 + n) / (10 + n) warm-up reaches it after ~1800 updates. Stage 2 at 150
+        # steps: 300 took the 2000-step set tokenizer from 20.75 to 20.88 dB (results/bench/tokenizer_2000_log_set.csv)
+        # and 150 fit the 45-minute budget
         "small": dict(steps=2000, batch_size=32, lr=1e-3, warmup_steps=100, log_every=100, ckpt_every=500,
-                      max_minutes=0.0, ema_decay=0.995, disc_steps=300, disc_weight=0.0),
+                      max_minutes=0.0, ema_decay=0.995, disc_steps=150, disc_weight=0.0),
         "paper": dict(steps=1_000_000, batch_size=256, lr=1e-4, warmup_steps=10_000, log_every=500,
                       ckpt_every=5000, num_workers=8, amp=True),
     }
@@ -312,9 +314,10 @@ class EvalConfig(Section):
     OMIT_IF_DEFAULT: ClassVar[tuple[str, ...]] = ("study_samples",)
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(num_samples=64, seeds=(0,), guidance_scales=(1.0,), extractor="dataset"),
-        # 128 samples x 2 seeds: stage fid_tables scores ~1.9k images with Inception (~8 images/s on 2 CPU cores).
-        # The studies score 64 per run (12 rFIDs, 4 gFIDs): comparable within a study, not with the FID tables
-        "small": dict(num_samples=128, seeds=(0, 1), guidance_scales=(1.0, 2.0, 3.0), extractor="inception",
+        # 96 samples x 2 seeds: stage fid_tables scores ~1.3k images with Inception (~8 images/s on 2 CPU cores;
+        # 128 did not fit `make repro` into 45 minutes). The studies score 64 per run (12 rFIDs, 4 gFIDs):
+        # comparable within a study, not with the FID tables
+        "small": dict(num_samples=96, seeds=(0, 1), guidance_scales=(1.0, 2.0, 3.0), extractor="inception",
                       study_samples=64),
         "paper": dict(num_samples=50_000, seeds=(0,), guidance_scales=(1.0, 2.0, 3.0), extractor="inception"),
     }
@@ -420,10 +423,10 @@ class SweepConfig(Section):
                      steps=10, fsdd_steps=5),
         # cross = 6 points of 100 steps (the ablation's budget; the centre point is the ablation's `set` arm, reused);
         # M = 64 costs more per step than M = 32. Like the ablation, a screen of early training, not of capacity
-        # (README, "Sweep"). FSDD on the centre row: 40 steps each (the generators get 300), as its cost grows with C
+        # (README, "Sweep"). FSDD on the centre row: 20 steps each (the generators get 300), as its cost grows with C
         # (results/bench/denoiser.md), scored on eval.study_samples
         "small": dict(num_tokens=(16, 32, 64), codebook_sizes=(128, 256, 512, 1024), centre_tokens=32,
-                      centre_codebook=512, grid="cross", steps=100, fsdd_steps=40),
+                      centre_codebook=512, grid="cross", steps=100, fsdd_steps=20),
     }
 
     def __post_init__(self) -> None:
