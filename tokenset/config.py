@@ -145,8 +145,8 @@ class TokenizerConfig(Section):
             decoder_heads=2, num_tokens=8, codebook_size=32, token_dim=8, pixel_head="linear",
         ),
         # patch 8 (a 4 x 4 grid): a training step costs 267 ms against 457 at patch 4 (results/bench/tokenizer.md).
-        # With train.steps 2200 `make repro` 2026-11-29 gave val PSNR 21.13 dB (ordered control 21.35) in 531 s
-        # (results/tokenizer/metrics.json); a per-image mean colour scores 20.47 dB (see README, "Patch 8")
+        # With train.steps 2000 + 150 stage-2 steps `make repro` 2026-11-29 gave val PSNR 20.81 dB (ordered control
+        # 21.15) in 572 s (results/tokenizer/metrics.json); a per-image mean colour scores 20.47 dB (README, "Patch 8")
         "small": dict(
             image_size=32, patch_size=8, width=128, depth=3, heads=4, decoder_width=128, decoder_depth=3,
             decoder_heads=4, num_tokens=32, codebook_size=512, token_dim=12, pixel_head="conv",

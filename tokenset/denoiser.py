@@ -36,8 +36,8 @@ per-position read-out would add C*D*(M+1) = 203M for S: not what the paper has).
 The difference is one table: the official code sizes its count embedding by the sequence length (C + 1 = 4097
 rows) although counts only reach M = 128, so it carries (C - M) * D never-read parameters (1.52M for S, 3.05M for
 B); adding them gives 36,041,985 and 136,669,569, the paper's 36M and 137M. We keep the M + 1-row table (only those
-rows can be read), so S is 4.1% and B 2.5% under the paper's totals. The CPU preset ``small`` (width 192,
-depth 4, 4 heads) at C = 512, M = 64, 10 classes has 2,951,681.
+rows can be read), so S is 4.1% and B 2.5% under the paper's totals. The CPU preset ``small`` (width 64,
+depth 3, 4 heads) at C = 512, M = 64, 10 classes has 294,849.
 """
 
 from __future__ import annotations
