@@ -5,7 +5,7 @@ Trains FSDD (the `train_generator` section of params.yaml) on the training token
 eval.num_samples images per seed and scores them against the validation split with the pipeline's extractor.
 Used to size the `small` denoiser preset (tokenset/config.py, DenoiserConfig.PRESETS; README "Denoiser width").
 
-    .venv/bin/python benchmarks/probe_fsdd_width.py --width 64 --depth 3 --out /tmp/fsdd_64x3
+    .venv/bin/python benchmarks/probe_fsdd_width.py --width 64 --depth 3 --samples 128 --out /tmp/fsdd_64x3
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ def main() -> None:
     parser.add_argument("--depth", type=int, required=True)
     parser.add_argument("--out", required=True, help="folder for the FSDD checkpoint and log")
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--samples", type=int, default=0, help="images per seed (0: eval.num_samples)")
     args = parser.parse_args()
     warnings.simplefilter("ignore", metrics.KIDSubsetClamped)
     p = args.params
@@ -42,14 +43,14 @@ def main() -> None:
     fit = fit_generator("fsdd", den_cfg, fsdd_cfg, train_cfg, tokens, train_labels, args.out, progress=False)
     print(f"FSDD {args.width}x{args.depth}: {fit['steps']} steps in {time.perf_counter() - t0:.1f} s, "
           f"final loss {fit['loss']:.4f}", flush=True)
+    samples = args.samples or eval_cfg.num_samples
     options = metrics.fid_kid_options(eval_cfg)
     for seed in eval_cfg.seeds:
         t0 = time.perf_counter()
-        fake = generators.sample_images("fsdd", fit["model"], tokenizer, train_labels, eval_cfg.num_samples,
-                                        fsdd_cfg, seed)
+        fake = generators.sample_images("fsdd", fit["model"], tokenizer, train_labels, samples, fsdd_cfg, seed)
         seconds = time.perf_counter() - t0
         r = metrics.fid_kid(val_images, fake, real_split=f"{data_cfg.name}-val", seed=seed, **options)
-        print(f"seed {seed}: {eval_cfg.num_samples} samples in {seconds:.1f} s, gFID {r['fid']:.1f}", flush=True)
+        print(f"seed {seed}: {samples} samples in {seconds:.1f} s, gFID {r['fid']:.1f}", flush=True)
 
 
 if __name__ == "__main__":
