@@ -341,3 +341,16 @@ def test_psnr_and_ssim_known_values():
         psnr(x, y[:2])
     with pytest.raises(ValueError, match="3 channels"):
         ssim(x[:, :1], y[:, :1])
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 11, 11), (6, 3, 32, 32), (3, 3, 28, 40)])
+def test_ssim_equals_torchmetrics(shape):
+    from torchmetrics.functional import structural_similarity_index_measure
+
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
+    y = (x.double() * 0.7 + 20 * torch.randn(shape, generator=g, dtype=torch.float64)).clamp(0, 255).to(torch.uint8)
+    ours = ssim(x, y, reduction="none")
+    theirs = structural_similarity_index_measure(x.double(), y.double(), data_range=255.0, reduction="none")
+    assert ours.shape == (shape[0],)
+    assert torch.allclose(ours, theirs, atol=1e-12, rtol=0)

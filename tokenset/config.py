@@ -97,7 +97,8 @@ class DataConfig(Section):
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(name="crawl", root="data", image_size=32, val_fraction=0.1, seed=0),
-        "small": dict(name="crawl", root="data", image_size=32, val_fraction=0.1, seed=0),
+        # Fashion-MNIST: its own 60k train / 10k test split (val_fraction is unused), 28 px centre-padded to 32
+        "small": dict(name="fashion", root="data", image_size=32, val_fraction=0.1, seed=0),
         "paper": dict(name="imagefolder", root="data/imagenet", image_size=256, val_fraction=0.0, seed=0),
     }
 
@@ -310,15 +311,22 @@ class EvalConfig(Section):
     cache_dir: str | None = None  # wheels, Inception weights, real features; None: $TOKENSET_CACHE or ~/.cache/tokenset
     # images per run in the study stages (ablation rFID, sweep rFID and gFID); 0: num_samples
     study_samples: int = 0
+    # the real reference of every FID: a fixed random subset of this many validation images (seed 0), the same in
+    # every stage, so its Inception features are computed once; 0: all validation images. rFID reconstructs exactly
+    # these images; the real-vs-real floor scores as many training images against them
+    reference_samples: int = 0
+    # independent training runs (seeds) of each tokenizer arm in stage `tokenizer`: mean +- std (ddof 1) over them;
+    # the first is the headline checkpoint every later stage uses
+    tokenizer_seeds: tuple[int, ...] = (0,)
 
-    OMIT_IF_DEFAULT: ClassVar[tuple[str, ...]] = ("study_samples",)
+    OMIT_IF_DEFAULT: ClassVar[tuple[str, ...]] = ("study_samples", "reference_samples", "tokenizer_seeds")
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(num_samples=64, seeds=(0,), guidance_scales=(1.0,), extractor="dataset"),
         # 96 samples x 2 seeds: stage fid_tables scores ~1.3k images with Inception (~8 images/s on 2 CPU cores;
         # 128 did not fit `make repro` into 45 minutes). The studies score 64 per run (12 rFIDs, 4 gFIDs):
         # comparable within a study, not with the FID tables
         "small": dict(num_samples=96, seeds=(0, 1), guidance_scales=(1.0, 2.0, 3.0), extractor="inception",
-                      study_samples=64),
+                      study_samples=64, reference_samples=2000, tokenizer_seeds=(0, 1, 2)),
         "paper": dict(num_samples=50_000, seeds=(0,), guidance_scales=(1.0, 2.0, 3.0), extractor="inception"),
     }
 
@@ -332,6 +340,10 @@ class EvalConfig(Section):
         _check(self, self.dataset_extractor_steps >= 1, "dataset_extractor_steps", "at least 1")
         _check(self, self.study_samples == 0 or self.study_samples >= 2, "study_samples",
                "0 (num_samples) or at least 2")
+        _check(self, self.reference_samples == 0 or self.reference_samples >= 2, "reference_samples",
+               "0 (all validation images) or at least 2")
+        _check(self, len(self.tokenizer_seeds) >= 1 and len(set(self.tokenizer_seeds)) == len(self.tokenizer_seeds),
+               "tokenizer_seeds", "a non-empty list of distinct seeds")
 
     @property
     def study_count(self) -> int:

@@ -790,16 +790,46 @@ def psnr(preds: torch.Tensor, target: torch.Tensor, value_range: tuple[float, fl
 
 def ssim(preds: torch.Tensor, target: torch.Tensor, value_range: tuple[float, float] | None = None,
          reduction: Literal["mean", "none"] = "mean") -> torch.Tensor:
-    """SSIM (torchmetrics: Gaussian window 11, sigma 1.5, k1 0.01, k2 0.03) of uint8 images, data range 255.
+    """SSIM of uint8 images, data range 255: torchmetrics' definition (Gaussian window 11, sigma 1.5, k1 0.01,
+    k2 0.03, reflect padding, variances clamped at 0, the mean over all pixels), computed in float64 with the
+    window as two matrix products (the same numbers, tested against torchmetrics, at a fraction of the cost of its
+    grouped 2-D convolution, which also asks for memory quadratic in the batch).
 
     Inputs as for ``psnr``; images must be at least 11 x 11. Per image, then averaged (``reduction='mean'``).
     """
-    from torchmetrics.functional import structural_similarity_index_measure
-
     a, b = _pair(preds, target, value_range)
     if min(a.shape[-2:]) < 11:
         raise ValueError(f"ssim: images must be at least 11x11 (the Gaussian window), got {tuple(a.shape[-2:])}")
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction: expected 'mean' or 'none', got {reduction!r}")
-    out = structural_similarity_index_measure(a.double(), b.double(), data_range=255.0, reduction="none")
+    out = torch.cat([_ssim_chunk(a[i:i + 512].double(), b[i:i + 512].double()) for i in range(0, len(a), 512)])
     return out.mean() if reduction == "mean" else out
+
+
+def _blur_matrix(size: int, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """(size, size) float64 G with (G @ v)[i] = sum_k g_k v[reflect(i + k - pad)]: the Gaussian window over one axis
+    with reflect padding, as a matrix (so the 2-D blur of x is G @ x @ G.T, a matmul instead of a convolution)."""
+    pad = (window - 1) // 2
+    dist = torch.arange(window, dtype=torch.float64) - pad
+    g = torch.exp(-(dist / sigma) ** 2 / 2)
+    g = g / g.sum()
+    out = torch.zeros(size, size, dtype=torch.float64)
+    for i in range(size):
+        for k in range(window):
+            j = i + k - pad
+            j = -j if j < 0 else 2 * (size - 1) - j if j >= size else j  # reflect (edge not repeated)
+            out[i, j] += g[k]
+    return out
+
+
+def _ssim_chunk(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    # x, y: (N, C, H, W) float64 in [0, 255] -> (N,) SSIM per image
+    n, c, h, w = x.shape
+    gh, gw = _blur_matrix(h), _blur_matrix(w)
+    c1, c2 = (0.01 * 255.0) ** 2, (0.03 * 255.0) ** 2
+    stack = torch.stack([x, y, x * x, y * y, x * y])  # (5, N, C, H, W)
+    mu_x, mu_y, e_xx, e_yy, e_xy = gh @ stack @ gw.T
+    var_x, var_y = (e_xx - mu_x ** 2).clamp(min=0.0), (e_yy - mu_y ** 2).clamp(min=0.0)
+    cov = e_xy - mu_x * mu_y
+    index = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
+    return index.reshape(n, -1).mean(dim=1)  # over every pixel and channel (torchmetrics 1.9 crops no border)
