@@ -153,3 +153,27 @@ def test_overwrite_replaces(tmp_path):
     path = save_checkpoint(tmp_path / "c.pt", _state(0))
     save_checkpoint(path, _state(3))
     assert load_checkpoint(path)["step"] == 10
+
+
+# --------------------------------------------------------------------------------------------- run identity
+
+
+def test_fingerprint_tells_inputs_apart():
+    x = torch.arange(48, dtype=torch.uint8).reshape(2, 3, 2, 4)
+    assert ckpt.fingerprint(x) == ckpt.fingerprint(x.clone()) and ckpt.fingerprint(x).startswith("sha256:")
+    assert ckpt.fingerprint(x) == ckpt.fingerprint(x.transpose(2, 3).contiguous().transpose(2, 3))  # layout only
+    others = [x.flip(-1), x.float(), x.reshape(2, 3, 4, 2), x[:1]]
+    assert len({ckpt.fingerprint(v) for v in [x, *others]}) == 5
+    ds = torch.utils.data.TensorDataset(x)
+    assert ckpt.fingerprint(ds) != ckpt.fingerprint(torch.utils.data.TensorDataset(x[:1]))
+    with pytest.raises(ValueError, match="fingerprint: expected a tensor or a sized torch Dataset, got list"):
+        ckpt.fingerprint([1, 2])
+
+
+def test_config_changes_names_each_difference():
+    saved = {"tokenizer": {"width": 32, "seeds": [0, 1]}, "train": {"steps": 300}}
+    assert ckpt.config_changes(saved, saved) == []
+    now = {"tokenizer": {"width": 64, "seeds": [0, 1]}, "train": {"steps": 300, "seed": 1}}
+    assert ckpt.config_changes(saved, now) == ["tokenizer.width: 32 in the checkpoint, 64 now",
+                                               "train.seed: absent in the checkpoint, 1 now"]
+    assert ckpt.config_changes(None, now) == ["the checkpoint holds no configuration (got NoneType)"]

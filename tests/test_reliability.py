@@ -16,10 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from tokenset import checkpoint as ckpt_mod
 from tokenset import generators
@@ -27,16 +25,10 @@ from tokenset import train as train_mod
 from tokenset.checkpoint import load_checkpoint
 from tokenset.config import DenoiserConfig, FSDDConfig, TokenizerConfig, TrainConfig
 from tokenset.tokenizer import SetTokenizer
+from tests.helpers import uint8_images, write_image_folder
 
 REPO = Path(__file__).resolve().parents[1]
 TOK = TokenizerConfig.preset("tiny")
-
-
-def _uint8_images(n: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    low = torch.rand(n, 3, 4, 4, generator=g)
-    x = torch.nn.functional.interpolate(low, size=16, mode="bilinear", align_corners=False)
-    return (x * 255).round().clamp(0, 255).to(torch.uint8)
 
 
 def _log_steps(path: Path) -> list[int]:
@@ -50,11 +42,7 @@ STEPS, CKPT_EVERY, LOG_EVERY = 300, 5, 10
 
 
 def _write_params(tmp: Path) -> Path:
-    images = _uint8_images(32, seed=0).permute(0, 2, 3, 1).numpy()
-    for i, img in enumerate(images):
-        folder = tmp / "images" / "train" / ("a" if i % 2 else "b")
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.ascontiguousarray(img)).save(folder / f"{i}.png")
+    write_image_folder(tmp / "images", 32, seed=0)
     params = tmp / "params.yaml"
     params.write_text(
         f"data: {{name: imagefolder, root: {tmp / 'images'}, image_size: 16, val_fraction: 0.25, seed: 0}}\n"
@@ -118,7 +106,7 @@ class _DiskFull(OSError):
 
 def test_interrupted_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     cfg = TrainConfig.preset("tiny", steps=9, batch_size=8, ckpt_every=3, log_every=3)
-    train, val = _uint8_images(32, 0), _uint8_images(8, 1)
+    train, val = uint8_images(32, 0), uint8_images(8, 1)
     real_save = torch.save
     calls = {"n": 0}
 
@@ -150,7 +138,7 @@ def test_interrupted_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, mo
 
 def _pipeline(out: Path) -> dict[str, Any]:
     """fit_tokenizer (tiny) -> encode -> fit_generator('fsdd', tiny) -> generate 4 samples -> decode."""
-    train, val = _uint8_images(32, 0), _uint8_images(8, 1)
+    train, val = uint8_images(32, 0), uint8_images(8, 1)
     labels = torch.arange(32) % 2
     tok_metrics = train_mod.fit_tokenizer(TOK, TrainConfig.preset("tiny", steps=6, batch_size=8), train, val,
                                           out / "tok", progress=False, plot=False)

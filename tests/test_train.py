@@ -142,13 +142,18 @@ def test_deterministic_for_a_fixed_seed(tmp_path):
 def test_a_finished_identical_run_is_reused_not_retrained(tmp_path, monkeypatch):
     cfg = _train_cfg()
     a = fit_tokenizer(TOK, cfg, TRAIN, VAL, tmp_path / "a", progress=False, plot=False)
-    # a different tokenizer, a different budget or an existing target: nothing is reused
+    # a different tokenizer, a different budget or a missing run: nothing is reused
     assert not train_mod.reuse_tokenizer_run(tmp_path / "a", tmp_path / "x", TOK.replace(codebook_size=16), cfg)
     assert not train_mod.reuse_tokenizer_run(tmp_path / "a", tmp_path / "x", TOK, _train_cfg(steps=9))
     assert not train_mod.reuse_tokenizer_run(tmp_path / "missing", tmp_path / "x", TOK, cfg)
     assert not (tmp_path / "x").exists()
     assert train_mod.reuse_tokenizer_run(tmp_path / "a", tmp_path / "b", TOK, cfg)
-    assert not train_mod.reuse_tokenizer_run(tmp_path / "a", tmp_path / "b", TOK, cfg)  # b is taken now
+    copied = (tmp_path / "b" / "checkpoint.pt").stat().st_mtime_ns
+    assert train_mod.reuse_tokenizer_run(tmp_path / "a", tmp_path / "b", TOK, cfg)  # b holds it already (a rerun)
+    assert (tmp_path / "b" / "checkpoint.pt").stat().st_mtime_ns == copied  # and is left as it is
+    fit_tokenizer(TOK, _train_cfg(steps=2), TRAIN, VAL, tmp_path / "y", progress=False, plot=False)
+    assert train_mod.reuse_tokenizer_run(tmp_path / "a", tmp_path / "y", TOK, cfg)  # another run there is replaced
+    assert load_checkpoint(tmp_path / "y" / "checkpoint.pt")["step"] == 8
     monkeypatch.setattr(train_mod.Trainer, "train_step", lambda *a, **k: pytest.fail("a reused run must not train"))
     b = fit_tokenizer(TOK, cfg, TRAIN, VAL, tmp_path / "b", progress=False, plot=False)
     assert b["val_psnr"] == a["val_psnr"] and b["steps"] == a["steps"] == 8
@@ -280,13 +285,64 @@ def test_time_budget_stops_and_checkpoints(tmp_path):
     assert metrics["wall_time_s"] < 0.02 * 60 + 5
 
 
-def test_resume_with_another_config_is_refused(tmp_path):
-    fit_tokenizer(TOK, _train_cfg(steps=2), TRAIN, VAL, tmp_path, progress=False, plot=False)
-    with pytest.raises(ValueError, match="another configuration"):
-        fit_tokenizer(TOK.replace(codebook_size=16), _train_cfg(steps=2), TRAIN, VAL, tmp_path, progress=False,
-                      plot=False)
-    fit_tokenizer(TOK.replace(codebook_size=16), _train_cfg(steps=2), TRAIN, VAL, tmp_path, resume=False,
-                  progress=False, plot=False)  # resume=False starts over
+def test_resume_with_another_config_starts_over_and_says_why(tmp_path, capsys):
+    fit_tokenizer(TOK, _train_cfg(steps=4), TRAIN, VAL, tmp_path, progress=False, plot=False)
+    capsys.readouterr()
+    other = fit_tokenizer(TOK.replace(codebook_size=16), _train_cfg(steps=4), TRAIN, VAL, tmp_path, progress=False,
+                          plot=False)
+    said = capsys.readouterr().out
+    assert "written with another configuration (tokenizer.codebook_size: 32 in the checkpoint, 16 now)" in said
+    assert "not resumed: stage 1 trains from step 0" in said
+    assert other["steps"] == 4 and load_checkpoint(tmp_path / "checkpoint.pt")["config"]["tokenizer"][
+        "codebook_size"] == 16
+    # a finished run of more steps than now asked is not reused either: the budget is part of the configuration
+    fewer = fit_tokenizer(TOK.replace(codebook_size=16), _train_cfg(steps=2), TRAIN, VAL, tmp_path, progress=False,
+                          plot=False)
+    assert "train.steps: 4 in the checkpoint, 2 now" in capsys.readouterr().out and fewer["steps"] == 2
+    assert _log_steps(tmp_path / "log.csv") == [2]  # the other run's rows are gone
+
+
+def test_resume_with_other_images_starts_over(tmp_path, capsys):
+    cfg = _train_cfg(steps=2)
+    fit_tokenizer(TOK, cfg, TRAIN, VAL, tmp_path, progress=False, plot=False)
+    capsys.readouterr()
+    fit_tokenizer(TOK, cfg, TRAIN.flip(-1), VAL, tmp_path, progress=False, plot=False)
+    said = capsys.readouterr().out
+    assert "another configuration (inputs.train_images: 'sha256:" in said and "val_images" not in said
+
+
+def test_a_finished_run_is_reused_with_its_metrics(tmp_path, capsys, monkeypatch):
+    cfg = _train_cfg(steps=6, log_every=3)
+    full = fit_tokenizer(TOK, cfg, TRAIN, VAL, tmp_path, progress=False, plot=False)
+    capsys.readouterr()
+    monkeypatch.setattr(train_mod.Trainer, "train_step", lambda *a, **k: pytest.fail("a finished run must not train"))
+    again = fit_tokenizer(TOK, cfg, TRAIN, VAL, tmp_path, progress=False, plot=False)
+    assert "stage 1 already finished (step 6 of 6, same configuration): reused" in capsys.readouterr().out
+    drop = ("wall_time_s",)
+    assert {k: v for k, v in again.items() if k not in drop} == {k: v for k, v in full.items() if k not in drop}
+    assert again["train_usage"] is not None  # the last log row's, as in the run that trained
+
+
+def test_resume_between_log_rows_logs_the_same_rows(tmp_path, monkeypatch, capsys):
+    """A checkpoint between two log rows (ckpt_every 3, log_every 4) carries the partial interval's sums."""
+    cfg = _train_cfg(steps=8, ckpt_every=3, log_every=4)
+    fit_tokenizer(TOK, cfg, TRAIN, VAL, tmp_path / "full", progress=False, plot=False)
+    monkeypatch.setattr(train_mod, "_tokenizer_loss", _dying_loss(after=7))  # dies during step 8
+    with pytest.raises(_Killed):
+        fit_tokenizer(TOK, cfg, TRAIN, VAL, tmp_path / "cut", progress=False, plot=False)
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["log_count"] == 2  # steps 5 and 6
+    fit_tokenizer(TOK, cfg, TRAIN, VAL, tmp_path / "cut", progress=False, plot=False)
+    assert "resuming stage 1 at step 6 of 8 (same configuration)" in capsys.readouterr().out
+    timing = ("elapsed_s", "eval_s")
+    rows = [[{k: v for k, v in r.items() if k not in timing} for r in csv.DictReader((tmp_path / d / "log.csv").open())]
+            for d in ("full", "cut")]
+    assert [r["step"] for r in rows[0]] == ["4", "8"] and rows[0] == rows[1]
+
+
+def _log_steps(path) -> list[int]:
+    with path.open(newline="") as fh:
+        return [int(float(r["step"])) for r in csv.DictReader(fh)]
 
 
 @pytest.mark.parametrize("case", ["float", "size", "channels", "list", "empty"])
@@ -340,3 +396,19 @@ def test_two_ranks_hold_identical_weights(tmp_path):
     assert int(a["quantizer.calls"]) == 4  # stage 2 does not touch the quantizer (no restarts, no counts)
     start = SetTokenizer(TOK)
     assert not torch.equal(a["decoder.token_embed.weight"], start.state_dict()["decoder.token_embed.weight"])
+
+
+def test_a_generator_on_other_tokens_starts_over(tmp_path, capsys):
+    """A changed tokenizer gives other tokens with the same configs: the generator's checkpoint is not reused."""
+    from tokenset.config import DenoiserConfig, FSDDConfig
+
+    den = DenoiserConfig.preset("tiny", codebook_size=8, total=4, num_classes=2)
+    cfg = TrainConfig.preset("tiny", steps=2, batch_size=8)
+    tokens = torch.randint(0, 8, (16, 4), generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(16) % 2
+    args = ("fsdd", den, FSDDConfig.preset("tiny"), cfg)
+    train_mod.fit_generator(*args, tokens, labels, tmp_path, progress=False)
+    train_mod.fit_generator(*args, tokens, labels, tmp_path, progress=False)
+    assert "already finished (step 2 of 2, same configuration): reused" in capsys.readouterr().out
+    fit = train_mod.fit_generator(*args, (tokens + 1) % 8, labels, tmp_path, progress=False)
+    assert "another configuration (inputs.tokens: 'sha256:" in capsys.readouterr().out and fit["steps"] == 2

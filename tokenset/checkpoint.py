@@ -8,10 +8,15 @@ the new complete file at ``path``, never a truncated one.
 containers of them can be loaded, so a malicious pickle is refused instead of run. A state therefore holds only such
 values: model/EMA/optimizer state dicts, the step, RNG states as tensors and lists (``rng_state()``), and the
 resolved config as a plain dict. Imports nothing else from tokenset but ``tokenset.atomic``.
+
+A resume continues a checkpoint only if it belongs to the same run: ``config_changes(saved, now)`` lists what
+differs between two resolved configurations, and ``fingerprint(x)`` is the sha256 that a configuration records
+for its training inputs (images, tokens), so a run on other data is another run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import random
 import zipfile
@@ -23,7 +28,8 @@ import torch
 
 from tokenset.atomic import atomic_write
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "config_changes",
+           "fingerprint"]
 
 
 class CheckpointError(ValueError):
@@ -99,3 +105,51 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((py["version"], tuple(int(v) for v in py["internal"].tolist()), py["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+# --------------------------------------------------------------------------------------------- run identity
+
+
+def config_changes(saved: Any, now: dict[str, Any]) -> list[str]:
+    """What differs between a checkpoint's configuration ``saved`` and ``now`` (nested dicts, compared leaf by leaf
+    under dotted keys), e.g. ``["train.steps: 300 in the checkpoint, 600 now"]``; empty if they are equal."""
+    if not isinstance(saved, dict):
+        return [f"the checkpoint holds no configuration (got {type(saved).__name__})"]
+    flat_saved, flat_now = _flatten(saved), _flatten(now)
+    out = []
+    for key in sorted(flat_saved.keys() | flat_now.keys()):
+        if key not in flat_now:
+            out.append(f"{key}: {flat_saved[key]!r} in the checkpoint, absent now")
+        elif key not in flat_saved:
+            out.append(f"{key}: absent in the checkpoint, {flat_now[key]!r} now")
+        elif flat_saved[key] != flat_now[key]:
+            out.append(f"{key}: {flat_saved[key]!r} in the checkpoint, {flat_now[key]!r} now")
+    return out
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def fingerprint(data: Any) -> str:
+    """``"sha256:<hex>"`` of a tensor's dtype, shape and values, or of a Dataset's type, length and, where it has
+    them (``tokenset.data.ImageFolderDataset``), its file paths, labels and image size (the files are not read)."""
+    h = hashlib.sha256()
+    if isinstance(data, torch.Tensor):
+        t = data.detach().cpu().contiguous()
+        h.update(f"tensor {t.dtype} {tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else b"")
+    elif isinstance(data, torch.utils.data.Dataset) and hasattr(data, "__len__"):
+        h.update(f"dataset {type(data).__name__} {len(data)}\n".encode())
+        for attr in ("paths", "labels", "image_size"):
+            if hasattr(data, attr):
+                h.update(f"{attr} {list(getattr(data, attr)) if attr != 'image_size' else data.image_size}\n".encode())
+    else:
+        raise ValueError(f"fingerprint: expected a tensor or a sized torch Dataset, got {type(data).__name__}")
+    return "sha256:" + h.hexdigest()

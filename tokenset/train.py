@@ -3,8 +3,10 @@
 ``Trainer(model, cfg, out_dir, loss_fn=..., config=...)`` owns everything that is not the model or the loss:
 AdamW (weight decay on weight matrices only), linear warm-up then cosine decay, gradient clipping, an EMA copy of
 the weights, a CSV log every ``cfg.log_every`` steps (with an optional ``eval_fn`` on the EMA model), tqdm, atomic
-checkpoints every ``cfg.ckpt_every`` steps and at the end, resume from the last checkpoint at the saved step (the
-same batches, the same RNG streams: an interrupted CPU run ends bit-identical to an uninterrupted one), a
+checkpoints every ``cfg.ckpt_every`` steps and at the end, resume from the last checkpoint at the saved step if it
+holds the same resolved configuration (the same batches, the same RNG streams: an interrupted CPU run ends
+bit-identical to an uninterrupted one; a checkpoint of another configuration is not resumed, the run says what
+differs and starts over), a
 wall-clock budget (``cfg.max_minutes``), and DDP when ``torch.distributed`` is initialised (rank-0 logs and
 checkpoints, ``cfg.batch_size`` is the global batch). ``loss_fn(model, batch) -> dict`` returns at least the scalar
 tensor ``"loss"``; every other entry is logged. A loop for another model is ``Trainer(...).fit(make_batches)``, e.g.
@@ -43,7 +45,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from tokenset import atomic
-from tokenset.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from tokenset.checkpoint import (config_changes, fingerprint, load_checkpoint, rng_state, save_checkpoint,
+                                 set_rng_state)
 from tokenset import generators
 from tokenset.config import DenoiserConfig, FSDDConfig, TokenizerConfig, TrainConfig
 from tokenset.data import random_hflip, to_float
@@ -136,6 +139,16 @@ class _CsvLog:
         writer.writeheader()
         writer.writerows(self.rows)
         atomic.write_text(self.path, text.getvalue())
+
+
+def _number(text: Any) -> Any:
+    """A CSV cell back as the int or float it was written from (str(float) round-trips exactly), else unchanged."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except (TypeError, ValueError):
+            continue
+    return text
 
 
 def _check_fits(model: nn.Module, weights: Any, what: str) -> None:
@@ -232,7 +245,7 @@ class Trainer:
             "model": self.model.state_dict(), "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "step": self.step, "first_step": self.first_step, "stage": self.stage, "elapsed_s": self.elapsed,
-            "rng": rng_state(),
+            "rng": rng_state(), "log_sums": dict(self._sums), "log_count": self._count,
             "config": self.config, **self.extra_state(),
         }
 
@@ -249,6 +262,9 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.elapsed = int(state["step"]), float(state["elapsed_s"])
         self.first_step = int(state.get("first_step", self.first_step))
+        # the log interval in progress (checkpoints between log rows), so the next row averages the same steps
+        self._sums = {k: float(v) for k, v in state.get("log_sums", {}).items()}
+        self._count = int(state.get("log_count", 0))
         set_rng_state(state["rng"])
         self.load_extra_state(state)
 
@@ -266,18 +282,34 @@ class Trainer:
             dist.barrier()
 
     def resume(self) -> bool:
-        """Load ``ckpt_path`` if it exists and belongs to this stage; True if loaded."""
+        """Load ``ckpt_path`` if it exists, holds this run (the same resolved ``config``) and belongs to this stage;
+        True if loaded, and says at which step it continues. A checkpoint of another configuration is not loaded:
+        the run starts over at ``first_step`` (and replaces that checkpoint at its first save), saying what differs.
+        """
         if not self.ckpt_path.is_file():
             return False
         state = load_checkpoint(self.ckpt_path, map_location=self.device)
+        changes = config_changes(state.get("config"), self.config)
+        if changes:
+            more = f"; ... {len(changes) - 5} more" if len(changes) > 5 else ""
+            self._say(f"{self.ckpt_path}: written with another configuration ({'; '.join(changes[:5])}{more}); "
+                      f"not resumed: stage {self.stage} trains from step {self.step}")
+            return False
         if int(state.get("stage", 1)) != self.stage:
             return False
-        saved = state.get("config")
-        if saved != self.config:
-            raise ValueError(f"{self.ckpt_path} was written with another configuration; delete it or use another "
-                             f"out_dir (saved: {saved}, now: {self.config})")
         self.load_state_dict(state)
+        end = self.first_step + self.total_steps
+        if self.step >= end:
+            self._say(f"{self.ckpt_path}: stage {self.stage} already finished (step {self.step} of {end}, same "
+                      "configuration): reused, not trained again")
+        else:
+            self._say(f"{self.ckpt_path}: resuming stage {self.stage} at step {self.step} of {end} "
+                      "(same configuration)")
         return True
+
+    def _say(self, message: str) -> None:
+        if self.rank == 0:
+            print(message, flush=True)
 
     # ------------------------------------------------------------------------------------------ one step
 
@@ -313,8 +345,13 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ the loop
 
     def fit(self, batches: Batches, resume: bool = True) -> dict[str, Any]:
-        """Train until ``first_step + total_steps`` steps (or the time budget); returns the last log row."""
+        """Train until ``first_step + total_steps`` steps (or the time budget); returns the last log row (that of
+        the log file when a resumed run had nothing left to train)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:  # temporary files of writes cut short by a killed run
+            for name in (self.ckpt_path.name, self.log_path.name):
+                for tmp in self.out_dir.glob(f".{name}.*.tmp"):
+                    tmp.unlink()
         if resume:
             self.resume()
         end = self.first_step + self.total_steps
@@ -348,6 +385,8 @@ class Trainer:
             bar.close()
         if self._count:  # a budget stop between log rows still logs the partial interval
             last = self._log(log)
+        elif not last and log is not None and log.rows:  # nothing left to train: the run's last row
+            last = {k: _number(v) for k, v in log.rows[-1].items() if v not in ("", None)}
         self.save()
         return last
 
@@ -609,18 +648,30 @@ def reuse_tokenizer_run(source_dir: str | Path, out_dir: str | Path, tok_cfg: To
 
     The same run = its checkpoint stores exactly this tokenizer and train configuration (the seed included; on CPU
     training is deterministic, so training again would give the same weights) and reached its last step. Then
-    checkpoint.pt and log.csv are copied (atomically; nothing is copied over an existing checkpoint) and
-    ``fit_tokenizer(tok_cfg, train_cfg, ..., out_dir)`` returns that run's metrics without training. Returns True if
-    out_dir now holds the reused run, False if there was nothing to reuse (a missing, different or unfinished run).
+    checkpoint.pt and log.csv are copied (atomically), unless out_dir already holds that finished run (copied by an
+    earlier call); a checkpoint of another run in out_dir is replaced. ``fit_tokenizer(tok_cfg, train_cfg, ...,
+    out_dir)`` then returns that run's metrics without training if it also gets the same images (it compares the
+    inputs' fingerprints and trains from scratch otherwise). Returns True if out_dir now holds the reused run, False
+    if there was nothing to reuse (a missing, different or unfinished run).
     """
     source, out = Path(source_dir) / "checkpoint.pt", Path(out_dir) / "checkpoint.pt"
-    if out.exists() or not source.is_file():
+    if not source.is_file():
         return False
-    state = load_checkpoint(source)
+    wanted = {"tokenizer": tok_cfg.to_dict(), "train": train_cfg.to_dict()}
     last_step = train_cfg.steps + train_cfg.disc_steps
-    if state.get("config") != {"tokenizer": tok_cfg.to_dict(), "train": train_cfg.to_dict()} \
-            or int(state.get("step", -1)) != last_step:
+
+    def finished_run(state: dict[str, Any]) -> bool:
+        saved = state.get("config")
+        return isinstance(saved, dict) and {k: saved.get(k) for k in wanted} == wanted \
+            and int(state.get("step", -1)) == last_step
+
+    state = load_checkpoint(source)
+    if not finished_run(state):
         return False
+    if out.is_file():
+        there = load_checkpoint(out)
+        if there.get("config") == state.get("config") and int(there.get("step", -1)) == last_step:
+            return True
     log = Path(source_dir) / "log.csv"
     if log.is_file():
         atomic.write_bytes(out.parent / "log.csv", log.read_bytes())
@@ -645,7 +696,9 @@ def fit_tokenizer(
     train_images, val_images: uint8 (N, 3, S, S) tensors with S = tok_cfg.image_size (or Datasets of (uint8 image,
     label)). Writes out_dir/checkpoint.pt (model, EMA, optimizer, scheduler, step, RNG, config), out_dir/log.csv,
     out_dir/loss_curve.png (unless ``plot=False``). With ``resume`` an existing checkpoint of the same configuration
-    is continued at its step (a finished run returns its metrics without training). Returns: val_psnr (dB, mean
+    is continued at its step (a finished run returns its metrics without training); one of another configuration
+    is not (the run starts over and prints what differs). The configuration is the tokenizer and train configs and
+    the ``fingerprint`` of the train and val images (``config["inputs"]``). Returns: val_psnr (dB, mean
     per image, EMA weights), val_psnr_raw (the raw weights), val token statistics (val_usage, val_entropy, ...),
     train usage / entropy of the last log interval, steps, wall_time_s (training only), and the resolved config.
     ``on_log(step, ema_model) -> {name: float}``, if given, runs at every log row after the validation metrics
@@ -660,7 +713,8 @@ def fit_tokenizer(
     out_dir = Path(out_dir)
     device = torch.device(device)
     rank, _ = _rank_world()
-    config = {"tokenizer": tok_cfg.to_dict(), "train": train_cfg.to_dict()}
+    config = {"tokenizer": tok_cfg.to_dict(), "train": train_cfg.to_dict(),
+              "inputs": {"train_images": fingerprint(train_images), "val_images": fingerprint(val_images)}}
     torch.manual_seed(train_cfg.seed)
     model = SetTokenizer(tok_cfg)
     torch.manual_seed(train_cfg.seed + rank)  # per-rank streams for shuffles and restarts
@@ -680,7 +734,7 @@ def fit_tokenizer(
     stage2_ckpt = None
     if resume and train_cfg.disc_steps > 0 and stage1.ckpt_path.is_file():
         state = load_checkpoint(stage1.ckpt_path, map_location=device)
-        stage2_ckpt = state if int(state.get("stage", 1)) == 2 else None
+        stage2_ckpt = state if int(state.get("stage", 1)) == 2 and state.get("config") == config else None
     last = {} if stage2_ckpt is not None else stage1.fit(batches, resume=resume)
     trainer = stage1
     if train_cfg.disc_steps > 0:
@@ -807,8 +861,10 @@ def fit_generator(
     tokens: (N, M) int64 in [0, C) (e.g. ``generators.encode_cached``); labels: (N,) int64 in [0, num_classes).
     The generator sees ``generators.model_input(name, tokens)`` (counts for FSDD, sequences for the baselines).
     The same ``Trainer`` as the tokenizer: AdamW, warm-up + cosine, EMA, atomic resumable checkpoints
-    (out_dir/checkpoint.pt) and a CSV log (out_dir/log.csv). Returns the last logged loss, steps, wall time, the
-    resolved config and the trained EMA model ("model", in eval mode).
+    (out_dir/checkpoint.pt) and a CSV log (out_dir/log.csv); with ``resume`` a checkpoint of the same configuration
+    (the configs and the ``fingerprint`` of tokens and labels) is continued or, finished, reused; one of another
+    configuration is not (the run starts over and prints what differs). Returns the last logged loss, steps, wall
+    time, the resolved config and the trained EMA model ("model", in eval mode).
     """
     if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or tokens.shape[1] != den_cfg.total:
         got = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
@@ -821,7 +877,7 @@ def fit_generator(
                          f"[{int(labels.min())}, {int(labels.max())}]")
     inputs = generators.model_input(name, tokens, den_cfg.codebook_size)
     config = {"generator": name, "denoiser": den_cfg.to_dict(), "fsdd": fsdd_cfg.to_dict(),
-              "train": train_cfg.to_dict()}
+              "train": train_cfg.to_dict(), "inputs": {"tokens": fingerprint(tokens), "labels": fingerprint(labels)}}
     torch.manual_seed(train_cfg.seed)
     model = generators.build_generator(name, den_cfg)
     rank, world = _rank_world()
