@@ -601,6 +601,20 @@ def fid_kid_options(cfg: EvalConfig) -> dict[str, Any]:
                 prc_neighborhood=cfg.prc_neighborhood, batch_size=cfg.batch_size, cache_dir=cfg.cache_dir)
 
 
+def fid_options(cfg: EvalConfig, train_images: torch.Tensor | None = None, train_labels: torch.Tensor | None = None,
+                work_dir: str | Path | None = None) -> dict[str, Any]:
+    """Every stage's ``fid_kid`` keyword arguments (add ``real_split`` and ``seed``): ``fid_kid_options(cfg)`` and,
+    for ``extractor: dataset`` (smoke runs), the weights of the small CNN trained on ``train_images`` /
+    ``train_labels`` at ``<work_dir>/extractor.pt`` (trained once: an existing file of the same run is reused)."""
+    options = fid_kid_options(cfg)
+    if cfg.extractor == "dataset":
+        if train_images is None or train_labels is None or work_dir is None:
+            raise ValueError("extractor 'dataset' needs train_images, train_labels and work_dir to train its CNN")
+        options["weights"] = train_dataset_extractor(train_images, train_labels, Path(work_dir) / "extractor.pt",
+                                                     steps=cfg.dataset_extractor_steps)
+    return options
+
+
 def fid_kid(real: torch.Tensor | str | Path, fake: torch.Tensor | str | Path, *,
             extractor: Literal["inception", "dataset"] = "inception", weights: str | Path | None = None,
             real_split: str | None = None, seed: int = 0, kid_subset_size: int = 1000, kid_subsets: int = 100,
