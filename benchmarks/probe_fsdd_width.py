@@ -17,7 +17,7 @@ from pathlib import Path
 from tokenset import data, generators, metrics
 from tokenset.config import load_params
 from tokenset.tokenizer import SetTokenizer
-from tokenset.train import fit_generator
+from tokenset.generators import fit_generator
 
 
 def main() -> None:

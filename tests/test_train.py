@@ -13,7 +13,7 @@ from tokenset import train as train_mod
 from tokenset.checkpoint import load_checkpoint
 from tokenset.config import TokenizerConfig, TrainConfig
 from tokenset.tokenizer import SetTokenizer
-from tokenset.train import Trainer, WarmupCosine, _StepSampler, fit_tokenizer, image_batches, psnr
+from tokenset.train import StepSampler, Trainer, WarmupCosine, fit_tokenizer, image_batches, psnr
 
 TOK = TokenizerConfig.preset("tiny")
 
@@ -50,15 +50,15 @@ def test_warmup_cosine():
 
 
 def test_step_sampler_resumes_the_same_batches_and_shards():
-    full = _StepSampler(20, 3, seed=5, start=0, rank=0, world=1)
+    full = StepSampler(20, 3, seed=5, start=0, rank=0, world=1)
     it = iter(full)
     batches = [next(it) for _ in range(14)]  # crosses epoch boundaries (6 batches per epoch)
-    it2 = iter(_StepSampler(20, 3, seed=5, start=8, rank=0, world=1))
+    it2 = iter(StepSampler(20, 3, seed=5, start=8, rank=0, world=1))
     assert [next(it2) for _ in range(6)] == batches[8:14]
     assert sorted(sum(batches[:6], [])) != list(range(18))[:0]  # full batches of distinct indices
     assert len(set(sum(batches[:6], []))) == 18
-    a = next(iter(_StepSampler(20, 3, seed=5, start=0, rank=0, world=2)))
-    b = next(iter(_StepSampler(20, 3, seed=5, start=0, rank=1, world=2)))
+    a = next(iter(StepSampler(20, 3, seed=5, start=0, rank=0, world=2)))
+    b = next(iter(StepSampler(20, 3, seed=5, start=0, rank=1, world=2)))
     assert not set(a) & set(b)
 
 
