@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 
@@ -51,3 +52,9 @@ def test_data_and_log_writers_use_it(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert {p: p.read_bytes() for p in before} == before
     assert sorted(os.listdir(tmp_path)) == ["d.npz", "log.csv"]
+
+
+def test_sha256_file_is_the_digest_of_the_bytes(tmp_path):
+    path = atomic.write_bytes(tmp_path / "blob.bin", bytes(range(256)) * 5000)  # 1.28 MB: several 1 MiB blocks
+    assert atomic.sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert atomic.sha256_file(atomic.write_bytes(tmp_path / "empty", b"")) == hashlib.sha256(b"").hexdigest()

@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tokenset import data
+from tokenset import atomic, data, images
 from tokenset.config import DataConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,19 +134,9 @@ def crawl_deb_files(sheets: dict[str, np.ndarray]) -> dict[str, bytes]:
 # ----------------------------------------------------------------------------------------- conversions
 
 
-def test_uint8_float_round_trip_all_values():
-    u = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16)
-    f = data.to_float(u)
-    assert f.dtype == torch.float32 and f.min() == -1.0 and f.max() == 1.0
-    assert torch.equal(data.to_uint8(f), u)
-
-
-def test_to_uint8_clamps_and_types():
-    assert data.to_uint8(torch.tensor([-3.0, 0.0, 7.0])).tolist() == [0, 128, 255]
-    with pytest.raises(TypeError):
-        data.to_float(torch.zeros(2))
-    with pytest.raises(TypeError):
-        data.to_uint8(torch.zeros(2, dtype=torch.uint8))
+def test_conversions_are_the_images_modules():
+    # data re-exports the one conversion pair of tokenset.images (no second definition)
+    assert data.to_float is images.to_float and data.to_uint8 is images.to_uint8
 
 
 def test_composite_on_black():
@@ -304,14 +294,14 @@ def test_crawl_end_to_end_with_update_and_cache(tmp_path, fake_apt, monkeypatch)
     assert arrays["class_names"].tolist() == ["floor", "wall"]
     manifest = json.loads(npz.with_suffix(".json").read_text())
     assert manifest["counts"]["val"] == {"floor": 2, "wall": 2} and manifest["n_train"] == 12
-    assert manifest["npz_sha256"] == data.sha256_file(npz)
-    assert manifest["source"]["deb_sha256"] == data.sha256_file(fake_apt / "crawl-tiles-data.deb")
+    assert manifest["npz_sha256"] == atomic.sha256_file(npz)
+    assert manifest["source"]["deb_sha256"] == atomic.sha256_file(fake_apt / "crawl-tiles-data.deb")
     # cached: no apt at all now, and a forced rebuild is byte-identical
     monkeypatch.setenv("PATH", str(tmp_path))
     assert data.prepare(cfg) == npz and (fake_apt / "log").read_text().count("\n") == 3
-    before = data.sha256_file(npz)
+    before = atomic.sha256_file(npz)
     data.prepare(cfg, force=True)
-    assert data.sha256_file(npz) == before
+    assert atomic.sha256_file(npz) == before
     # a new seed re-splits from the cached raw files
     data.prepare(cfg.replace(seed=1))
     assert (fake_apt / "log").read_text().count("\n") == 3
@@ -357,7 +347,7 @@ def test_real_crawl_data_if_prepared():
     if not (npz.is_file() and manifest.is_file()):
         pytest.skip("real crawl data not prepared (run `python -m tokenset.data`)")
     doc = json.loads(manifest.read_text())
-    assert doc["npz_sha256"] == data.sha256_file(npz)
+    assert doc["npz_sha256"] == atomic.sha256_file(npz)
     with np.load(npz, allow_pickle=False) as f:
         images, labels, split = f["images"], f["labels"], f["split"]
         names = f["class_names"].tolist()

@@ -16,7 +16,7 @@ from PIL import Image
 from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from tokenset import metrics
+from tokenset import atomic, metrics
 from tokenset.config import EvalConfig
 from tokenset.metrics import (
     DATASET_EXTRACTOR,
@@ -27,9 +27,6 @@ from tokenset.metrics import (
     KIDSubsetClamped,
     fid_kid,
     frechet_distance,
-    images_to_uint8,
-    psnr,
-    ssim,
     token_stats,
 )
 
@@ -84,7 +81,7 @@ def test_mapped_weights_reproduce_the_torchscript_features(inception, torchscrip
     assert all(torch.equal(cached[k], state[k]) for k in state if not k.startswith("fc."))
     info = metrics.weights_info(inception)
     assert info["has_logits"] is False and info["max_abs_diff"] < MAPPING_TOLERANCE
-    assert info["sha256"] == metrics.sha256_file(inception)
+    assert info["sha256"] == atomic.sha256_file(inception)
     assert all(torch.isnan(cached[k]).all() for k in ("fc.weight", "fc.bias"))  # no logits: no Inception Score
     assert all((state[k] == 1).all() for k in state if k.endswith(".bn.weight"))  # TF batch norm has no scale
 
@@ -160,7 +157,7 @@ def test_inception_fid_of_a_set_with_itself_is_zero_and_with_noise_large(incepti
     assert sorted(p.name for p in (tmp_path / "fidelity_cache").iterdir()) == cached  # real features reused
     for r in (same, other):
         assert r["extractor"] == INCEPTION and r["feature_layer"] == "2048"
-        assert r["weights_sha256"] == metrics.sha256_file(inception)
+        assert r["weights_sha256"] == atomic.sha256_file(inception)
         assert (r["num_real"], r["num_fake"], r["split"], r["seed"]) == (10, 10, "unit", 0)
         assert r["inception_score_mean"] is None and "no Inception Score" in r["inception_score_note"]
         json.dumps(r)  # results files take it as is
@@ -189,7 +186,7 @@ def test_dataset_extractor_learns_registers_and_separates(cnn, tmp_path):
     close = fid_kid(real, smooth_images(16, seed=5), extractor="dataset", weights=cnn, kid_subset_size=16)
     far = fid_kid(real, white_noise(16, seed=6), extractor="dataset", weights=cnn, kid_subset_size=16)
     assert abs(same["fid"]) < 1e-6 < close["fid"] < far["fid"]
-    assert far["extractor"] == DATASET_EXTRACTOR and far["weights_sha256"] == metrics.sha256_file(cnn)
+    assert far["extractor"] == DATASET_EXTRACTOR and far["weights_sha256"] == atomic.sha256_file(cnn)
     assert "not an Inception" in far["inception_score_note"]
 
 
@@ -252,8 +249,6 @@ def test_more_bad_input(tmp_path, cnn):
         fid_kid(x.numpy(), x, extractor="dataset", weights=cnn)
     with pytest.raises(ValueError, match="needs weights"):
         fid_kid(x, x, extractor="dataset")
-    with pytest.raises(ValueError, match="value_range"):
-        images_to_uint8(x.float() / 127.5 - 1, value_range=(0, 1))
     (tmp_path / "mixed").mkdir()
     for i, size in enumerate((32, 32, 16)):
         Image.fromarray(np.zeros((size, size, 3), np.uint8)).save(tmp_path / "mixed" / f"{i}.png")
@@ -262,17 +257,6 @@ def test_more_bad_input(tmp_path, cnn):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="cuda"):
             fid_kid(x, x, extractor="dataset", weights=cnn, cuda=True)
-
-
-# --------------------------------------------------------------------------------------------- conversions
-
-
-def test_float_conversions_are_exact_on_8_bit_values():
-    v = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16).expand(2, 3, 16, 16).contiguous()
-    assert torch.equal(images_to_uint8(v), v)
-    assert torch.equal(images_to_uint8(v.float() / 255), v)  # [0, 1], inferred
-    assert torch.equal(images_to_uint8(v.float()), v)  # [0, 255], inferred
-    assert torch.equal(images_to_uint8(v.float() / 127.5 - 1, value_range=(-1, 1)), v)
 
 
 # --------------------------------------------------------------------------------------------- token statistics
@@ -319,25 +303,3 @@ def test_token_stats_ignore_order_within_a_set(batch):
 def test_token_stats_bad_input(tokens, size, message):
     with pytest.raises(ValueError, match=message):
         token_stats(tokens, size)
-
-
-# --------------------------------------------------------------------------------------------- PSNR / SSIM
-
-
-def test_psnr_and_ssim_known_values():
-    a = torch.full((2, 3, 32, 32), 100, dtype=torch.uint8)
-    b = torch.full((2, 3, 32, 32), 110, dtype=torch.uint8)
-    assert psnr(a, b).item() == pytest.approx(10 * math.log10(255**2 / 100))  # MSE = 10^2
-    c1 = (0.01 * 255) ** 2  # constant images: SSIM is the luminance term alone
-    assert ssim(a, b).item() == pytest.approx((2 * 100 * 110 + c1) / (100**2 + 110**2 + c1), rel=1e-6)
-    x = smooth_images(3, seed=14)
-    assert torch.isinf(psnr(x, x)) and ssim(x, x).item() == pytest.approx(1.0)
-    assert psnr(x, x.flip(0), reduction="none").shape == (3,) and ssim(x, x.flip(0), reduction="none").shape == (3,)
-    as_float = x.float() / 127.5 - 1  # decoder outputs in [-1, 1]
-    y = smooth_images(3, seed=15)
-    assert psnr(as_float, y.float() / 127.5 - 1, value_range=(-1, 1)) == psnr(x, y)
-    assert ssim(as_float, y.float() / 127.5 - 1, value_range=(-1, 1)) == ssim(x, y)
-    with pytest.raises(ValueError, match="differ in shape"):
-        psnr(x, y[:2])
-    with pytest.raises(ValueError, match="3 channels"):
-        ssim(x[:, :1], y[:, :1])

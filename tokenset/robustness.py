@@ -34,7 +34,7 @@ import torch
 
 from tokenset.analysis import encode_images
 from tokenset.bijection import set_to_counts
-from tokenset.data import to_float
+from tokenset.images import to_float
 from tokenset.tokenizer import SetTokenizer
 
 __all__ = ["SNR_DB", "METRICS", "signal_power", "add_noise", "measured_snr_db", "multiset_kept", "position_kept",

@@ -45,12 +45,13 @@ from tqdm.auto import tqdm
 from tokenset import atomic
 from tokenset.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from tokenset.config import TokenizerConfig, TrainConfig
-from tokenset.data import random_hflip, to_float
+from tokenset.data import random_hflip
+from tokenset.images import psnr, to_float, to_uint8
 from tokenset.quantizer import code_statistics
 from tokenset.tokenizer import SetTokenizer
 
 __all__ = ["Trainer", "WarmupCosine", "StepSampler", "PatchDiscriminator", "fit_tokenizer", "reuse_tokenizer_run",
-           "evaluate_tokenizer", "psnr", "image_batches", "rank_world", "plot_log", "main"]
+           "evaluate_tokenizer", "image_batches", "rank_world", "plot_log", "main"]
 
 Batches = Callable[[int], Iterator[Any]]  # start step -> an iterator of batches for steps start, start+1, ...
 
@@ -73,12 +74,6 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, dict):
         return {k: _to_device(v, device) for k, v in batch.items()}
     return batch
-
-
-def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB of images in [-1, 1] (i.e. on the [0, 1] scale, peak 1): (B, ...) -> (B,)."""
-    mse = ((reconstruction.float().clamp(-1, 1) - target.float()) / 2).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
 
 
 class WarmupCosine:
@@ -448,7 +443,8 @@ def _check_images_arg(images: Any, name: str, size: int) -> None:
 @torch.no_grad()
 def evaluate_tokenizer(model: SetTokenizer, images: torch.Tensor | Dataset, batch_size: int = 256,
                        limit: int = 0, device: str | torch.device | None = None) -> dict[str, float]:
-    """Validation metrics of ``model`` on uint8 images: mean per-image PSNR (dB), and statistics of the validation
+    """Validation metrics of ``model`` on uint8 images: mean per-image PSNR (dB; ``tokenset.images.psnr`` of the
+    reconstruction quantised by ``to_uint8``, the definition the tables use), and statistics of the validation
     tokens: codebook usage (fraction of codes used by the whole set), entropy (bits) and perplexity of the code
     histogram, distinct codes per image, largest repeat count of one code in an image (means)."""
     was_training = model.training
@@ -465,7 +461,7 @@ def evaluate_tokenizer(model: SetTokenizer, images: torch.Tensor | Dataset, batc
         x = to_float(batch).to(device)
         tokens = model.encode(x)
         recon = model.decode(tokens)
-        psnrs.append(psnr(recon, x).cpu())
+        psnrs.append(psnr(to_uint8(recon), batch, reduction="none"))  # (B,) float64, on uint8 as the tables
         per_image = torch.zeros(tokens.shape[0], model.cfg.codebook_size, dtype=torch.int64, device=tokens.device)
         per_image.scatter_add_(1, tokens, torch.ones_like(tokens))
         counts += per_image.sum(0).double().cpu()
