@@ -9,7 +9,8 @@ import stat
 import numpy as np
 import pytest
 
-from tokenset import atomic, data, train
+from tokenset import atomic, train
+from tokenset.data import prepared
 
 
 def test_write_creates_folders_and_replaces(tmp_path):
@@ -36,7 +37,7 @@ def test_failed_write_keeps_the_old_file_and_no_temp(tmp_path):
 
 def test_data_and_log_writers_use_it(tmp_path, monkeypatch):
     # the prepared-data npz and the training CSV log go through atomic_write (a failing rename leaves the old file)
-    data._save_npz(tmp_path / "d.npz", {"x": np.arange(3)})
+    prepared.save_npz(tmp_path / "d.npz", {"x": np.arange(3)})
     log = train._CsvLog(tmp_path / "log.csv", truncate_after=None)
     log.append({"step": 1, "loss": 0.5})
     before = {p: p.read_bytes() for p in (tmp_path / "d.npz", tmp_path / "log.csv")}
@@ -46,7 +47,7 @@ def test_data_and_log_writers_use_it(tmp_path, monkeypatch):
 
     monkeypatch.setattr(atomic.os, "replace", no_replace)
     with pytest.raises(OSError):
-        data._save_npz(tmp_path / "d.npz", {"x": np.arange(4)})
+        prepared.save_npz(tmp_path / "d.npz", {"x": np.arange(4)})
     with pytest.raises(OSError):
         log.append({"step": 2, "loss": 0.4})
     monkeypatch.undo()

@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from tokenset import atomic
 from tokenset.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from tokenset.config import TokenizerConfig, TrainConfig
-from tokenset.data import random_hflip
+from tokenset.data.transforms import random_hflip
 from tokenset.images import psnr, to_float, to_uint8
 from tokenset.quantizer import code_statistics
 from tokenset.tokenizer import SetTokenizer
