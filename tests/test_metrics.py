@@ -17,12 +17,12 @@ from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from tokenset import atomic, metrics
+from tokenset import inception as inception_mod
 from tokenset.config import EvalConfig
+from tokenset.inception import MAPPED_WEIGHTS_NAME, MAPPING_TOLERANCE
 from tokenset.metrics import (
     DATASET_EXTRACTOR,
     INCEPTION,
-    MAPPED_WEIGHTS_NAME,
-    MAPPING_TOLERANCE,
     InceptionScoreUnavailable,
     KIDSubsetClamped,
     fid_kid,
@@ -60,12 +60,12 @@ def cnn(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def inception():
-    return metrics.mapped_inception_weights()
+    return inception_mod.mapped_inception_weights()
 
 
 @pytest.fixture(scope="session")
 def torchscript():
-    return metrics.load_fid_helper_torchscript(metrics.fid_helper_wheel())
+    return inception_mod.load_fid_helper_torchscript(inception_mod.fid_helper_wheel())
 
 
 # --------------------------------------------------------------------------------------------- Inception weights
@@ -73,13 +73,13 @@ def torchscript():
 
 @pytest.mark.slow
 def test_mapped_weights_reproduce_the_torchscript_features(inception, torchscript):
-    state = metrics.map_torchscript_state_dict(torchscript.state_dict())
-    err = metrics.inception_mapping_error(state, torchscript, num_images=2, seed=1)  # not the build's seed
+    state = inception_mod.map_torchscript_state_dict(torchscript.state_dict())
+    err = inception_mod.inception_mapping_error(state, torchscript, num_images=2, seed=1)  # not the build's seed
     assert err < MAPPING_TOLERANCE
     cached = torch.load(inception, map_location="cpu", weights_only=True)
     assert cached.keys() == state.keys()
     assert all(torch.equal(cached[k], state[k]) for k in state if not k.startswith("fc."))
-    info = metrics.weights_info(inception)
+    info = inception_mod.weights_info(inception)
     assert info["has_logits"] is False and info["max_abs_diff"] < MAPPING_TOLERANCE
     assert info["sha256"] == atomic.sha256_file(inception)
     assert all(torch.isnan(cached[k]).all() for k in ("fc.weight", "fc.bias"))  # no logits: no Inception Score
@@ -92,7 +92,7 @@ def test_folded_extractor_keeps_the_features(inception):
     mapped extractor (itself checked against the TorchScript above) up to float rounding."""
     folded = metrics.load_extractor("inception", inception)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
-    plain = metrics._fidelity_inception(torch.load(inception, map_location="cpu", weights_only=True))
+    plain = inception_mod.fidelity_inception(torch.load(inception, map_location="cpu", weights_only=True))
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules()) == 94
     x = torch.randint(0, 256, (3, 3, 32, 32), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
     with torch.no_grad():
@@ -107,17 +107,17 @@ def test_folded_extractor_keeps_the_features(inception):
 @pytest.mark.slow
 def test_a_wrong_mapping_is_refused_and_nothing_is_written(tmp_path, monkeypatch, inception):
     (tmp_path / "wheels").mkdir()
-    shutil.copy(metrics.fid_helper_wheel(), tmp_path / "wheels")
-    right = metrics.map_torchscript_state_dict
+    shutil.copy(inception_mod.fid_helper_wheel(), tmp_path / "wheels")
+    right = inception_mod.map_torchscript_state_dict
 
     def with_bn_scale(ts_state):  # as if the TF graph had a batch-norm scale of 0.9 in one block
         state = right(ts_state)
         state["Mixed_6b.branch1x1.bn.weight"] = torch.full_like(state["Mixed_6b.branch1x1.bn.weight"], 0.9)
         return state
 
-    monkeypatch.setattr(metrics, "map_torchscript_state_dict", with_bn_scale)
+    monkeypatch.setattr(inception_mod, "map_torchscript_state_dict", with_bn_scale)
     with pytest.raises(RuntimeError, match="refusing"):
-        metrics.mapped_inception_weights(tmp_path)
+        inception_mod.mapped_inception_weights(tmp_path)
     assert not (tmp_path / "inception" / MAPPED_WEIGHTS_NAME).exists()
 
 
@@ -126,7 +126,7 @@ def test_blocks_out_of_order_do_not_map(torchscript):
     items = list(torchscript.state_dict().items())
     first, second = items[:4], items[4:8]  # the 3x3 stem conv and the next block: different shapes
     with pytest.raises(ValueError, match="shape"):
-        metrics.map_torchscript_state_dict(dict(second + first + items[8:]))
+        inception_mod.map_torchscript_state_dict(dict(second + first + items[8:]))
 
 
 def test_tampered_cached_weights_are_refused(tmp_path):
@@ -136,7 +136,7 @@ def test_tampered_cached_weights_are_refused(tmp_path):
     (folder / MAPPED_WEIGHTS_NAME).with_suffix(".json").write_text(json.dumps(dict(sha256="0" * 64,
                                                                                   max_abs_diff=1e-6)))
     with pytest.raises(RuntimeError, match="refusing"):
-        metrics.mapped_inception_weights(tmp_path)
+        inception_mod.mapped_inception_weights(tmp_path)
 
 
 # --------------------------------------------------------------------------------------------- FID / KID / PRC
