@@ -207,14 +207,30 @@ def test_options_from_the_eval_config(cnn):
     cfg = EvalConfig.preset("tiny", kid_subset_size=4, kid_subsets=3)
     r = fid_kid(smooth_images(6, seed=16), smooth_images(6, seed=17), weights=cnn, **metrics.fid_kid_options(cfg))
     assert (r["extractor"], r["kid_subset_size"], r["kid_subsets"]) == (DATASET_EXTRACTOR, 4, 3)
+    # subsets of 4 out of 6: a sampling spread, reported
+    assert math.isfinite(r["kid_std"]) and r["kid_std"] > 0 and r["kid_std_note"] is None
 
 
-def test_kid_subset_size_is_clamped_with_a_warning(cnn):
+def test_every_std_is_a_sample_std():
+    # torch-fidelity's np.std (ddof 0) over k subsets, rescaled, is the ddof-1 std the library reports everywhere
+    x = np.random.default_rng(0).normal(size=7)
+    assert metrics._ddof1(float(np.std(x)), 7) == pytest.approx(float(np.std(x, ddof=1)), rel=1e-12)
+    assert math.isnan(metrics._ddof1(0.0, 1))
+
+
+def test_one_kid_subset_has_no_std(cnn):
+    r = fid_kid(smooth_images(6, seed=16), smooth_images(6, seed=17), extractor="dataset", weights=cnn,
+                kid_subset_size=4, kid_subsets=1, prc=False)
+    assert math.isfinite(r["kid_mean"]) and math.isnan(r["kid_std"]) and "one KID subset" in r["kid_std_note"]
+
+
+def test_kid_subset_size_is_clamped_with_a_warning_and_no_std(cnn):
     real, fake = smooth_images(8, seed=9), smooth_images(6, seed=10)
-    with pytest.warns(KIDSubsetClamped, match="clamped to 6"):
+    with pytest.warns(KIDSubsetClamped, match="clamped to 6.*not reported"):
         r = fid_kid(real, fake, extractor="dataset", weights=cnn, kid_subset_size=1000)
     assert (r["kid_subset_size"], r["kid_subset_size_requested"]) == (6, 1000)
-    assert math.isfinite(r["kid_mean"]) and r["kid_std"] >= 0
+    # every subset of the 6 fakes is all 6 of them: no std is reported, and the record says why
+    assert math.isfinite(r["kid_mean"]) and math.isnan(r["kid_std"]) and "whole set" in r["kid_std_note"]
 
 
 # --------------------------------------------------------------------------------------------- bad input

@@ -43,9 +43,9 @@ from tokenset.config import EvalConfig
 from tokenset.inception import INCEPTION, cache_path, inception_weights, torch_bytes, weights_info
 from tokenset.images import psnr, ssim, uint8_batch
 
-__all__ = ["DATASET_EXTRACTOR", "INCEPTION", "NO_INCEPTION_SCORE", "InceptionScoreUnavailable", "KIDSubsetClamped",
-           "SmallCNN", "train_dataset_extractor", "load_dataset_extractor", "DatasetFeatureExtractor",
-           "frechet_distance", "fold_batch_norm_", "load_extractor", "fid_kid_options", "fid_kid", "token_stats",
+__all__ = ["DATASET_EXTRACTOR", "INCEPTION", "NO_INCEPTION_SCORE", "KID_STD_CLAMPED", "InceptionScoreUnavailable",
+           "KIDSubsetClamped", "SmallCNN", "train_dataset_extractor", "load_dataset_extractor",
+           "DatasetFeatureExtractor", "frechet_distance", "fold_batch_norm_", "load_extractor", "fid_kid_options", "fid_kid", "token_stats",
            "psnr", "ssim"]  # psnr, ssim: tokenset.images's, re-exported
 
 DATASET_EXTRACTOR = "tokenset-dataset-cnn"  # the small CNN trained on the data set (smoke runs only)
@@ -55,6 +55,11 @@ NO_INCEPTION_SCORE = ("not computed: the offline Inception weights (mapped from 
 
 class InceptionScoreUnavailable(RuntimeError):
     """Raised when an Inception Score is asked of weights that have no logits layer."""
+
+
+ISC_SPLITS = torch_fidelity.defaults.DEFAULTS["isc_splits"]  # Inception Score splits (torch-fidelity's default)
+KID_STD_CLAMPED = ("the KID subset size was clamped to the smaller sample count ({subset}), so each of the KID "
+                   "subsets of that set is the whole set: their spread is not a sampling spread")
 
 
 class KIDSubsetClamped(UserWarning):
@@ -313,6 +318,53 @@ def load_extractor(extractor: Literal["inception", "dataset"], weights: str | Pa
     raise ValueError(f"extractor: expected 'inception' or 'dataset', got {extractor!r}")
 
 
+def _ddof1(std_ddof0: float, k: int) -> float:
+    """torch-fidelity's std over k subsets (numpy's ddof 0) as the sample std (ddof 1), the library's convention:
+    std * sqrt(k / (k - 1)); NaN for one subset (no spread to estimate)."""
+    return float(std_ddof0) * math.sqrt(k / (k - 1)) if k > 1 else math.nan
+
+
+def _check_sets(n_real: int, n_fake: int, hw_real: tuple[int, int], hw_fake: tuple[int, int], prc: bool,
+                prc_neighborhood: int) -> None:
+    for what, n in (("real", n_real), ("fake", n_fake)):
+        if n < 2:
+            raise ValueError(f"{what}: FID/KID need at least 2 images, got {n}")
+    if hw_real != hw_fake:
+        raise ValueError(f"real and fake images differ in size: real {hw_real[0]}x{hw_real[1]}, "
+                         f"fake {hw_fake[0]}x{hw_fake[1]}; compare at one resolution")
+    if prc and min(n_real, n_fake) <= prc_neighborhood:
+        raise ValueError(f"precision/recall with prc_neighborhood={prc_neighborhood} need more than "
+                         f"{prc_neighborhood} images per set, got real {n_real}, fake {n_fake}; pass prc=False")
+
+
+def _kid_subset(kid_subset_size: int, kid_subsets: int, n_real: int, n_fake: int) -> int:
+    """The KID subset size used: ``kid_subset_size``, clamped (with a ``KIDSubsetClamped`` warning) to the smaller
+    sample count."""
+    if kid_subsets < 1:
+        raise ValueError(f"kid_subsets: expected at least 1, got {kid_subsets}")
+    if kid_subset_size < 2:
+        raise ValueError(f"kid_subset_size: expected at least 2, got {kid_subset_size}")
+    if kid_subset_size <= min(n_real, n_fake):
+        return kid_subset_size
+    subset = min(n_real, n_fake)
+    warnings.warn(f"kid_subset_size {kid_subset_size} exceeds the sample count (real {n_real}, fake {n_fake}); "
+                  f"clamped to {subset}, so KID's std is not reported (NaN): "
+                  + KID_STD_CLAMPED.format(subset=subset), KIDSubsetClamped, stacklevel=3)
+    return subset
+
+
+def _extractor_choice(extractor: str, weights: str | Path | None, cache_dir: str | Path | None,
+                      ) -> tuple[Path, str, str]:
+    """(weights path, torch-fidelity extractor name, feature layer) of ``extractor``."""
+    if extractor == "inception":
+        return (Path(weights) if weights is not None else inception_weights(cache_dir)), INCEPTION, "2048"
+    if extractor == "dataset":
+        if weights is None:
+            raise ValueError("extractor='dataset' needs weights= a train_dataset_extractor checkpoint")
+        return Path(weights), DATASET_EXTRACTOR, "pool"
+    raise ValueError(f"extractor: expected 'inception' or 'dataset', got {extractor!r}")
+
+
 def fid_kid_options(cfg: EvalConfig) -> dict[str, Any]:
     """The keyword arguments of ``fid_kid`` that an ``EvalConfig`` fixes (add ``weights``, ``real_split``, ``seed``)."""
     return dict(extractor=cfg.extractor, kid_subset_size=cfg.kid_subset_size, kid_subsets=cfg.kid_subsets,
@@ -336,10 +388,14 @@ def fid_kid(real: torch.Tensor | str | Path, fake: torch.Tensor | str | Path, *,
     to ``inception_weights(cache_dir)``) or 'dataset' (``weights`` = a ``train_dataset_extractor`` checkpoint).
     ``real_split`` names the real set (e.g. 'crawl-val'): its features are cached under ``<cache>/fidelity_cache``,
     keyed by split, content hash and weights checksum, so they are computed once. ``kid_subset_size`` is clamped to
-    the smaller sample count with a ``KIDSubsetClamped`` warning. Precision is the share of fakes inside the real
+    the smaller sample count with a ``KIDSubsetClamped`` warning; ``kid_std`` is then NaN and ``kid_std_note``
+    says why (every subset of the smaller set is that whole set, so the std over subsets is no sampling spread). Precision is the share of fakes inside the real
     manifold, recall the share of reals inside the fake one (k = ``prc_neighborhood``). ``cuda``: None means
     ``torch.cuda.is_available()``. ``seed`` drives KID's subsets. ``isc=True`` raises ``InceptionScoreUnavailable``
     unless the weights have a logits layer.
+
+    Every std is a sample std (ddof 1) over the KID subsets (torch-fidelity's ddof-0 std, rescaled by
+    sqrt(k / (k - 1))); with one subset it is NaN.
 
     Returns a JSON-ready dict: ``fid``, ``kid_mean``, ``kid_std``, ``precision``, ``recall``, ``f_score`` and the
     record (extractor, feature layer, weights sha256 and source, counts, split, seed, KID settings, Inception Score
@@ -347,38 +403,13 @@ def fid_kid(real: torch.Tensor | str | Path, fake: torch.Tensor | str | Path, *,
     """
     fake_in, n_fake, hw_fake, _ = _prepare(fake, value_range, "fake")
     real_in, n_real, hw_real, real_digest = _prepare(real, value_range, "real")
-    for what, n in (("real", n_real), ("fake", n_fake)):
-        if n < 2:
-            raise ValueError(f"{what}: FID/KID need at least 2 images, got {n}")
-    if hw_real != hw_fake:
-        raise ValueError(f"real and fake images differ in size: real {hw_real[0]}x{hw_real[1]}, "
-                         f"fake {hw_fake[0]}x{hw_fake[1]}; compare at one resolution")
-    if prc and min(n_real, n_fake) <= prc_neighborhood:
-        raise ValueError(f"precision/recall with prc_neighborhood={prc_neighborhood} need more than "
-                         f"{prc_neighborhood} images per set, got real {n_real}, fake {n_fake}; pass prc=False")
-    if kid_subsets < 1:
-        raise ValueError(f"kid_subsets: expected at least 1, got {kid_subsets}")
-    if kid_subset_size < 2:
-        raise ValueError(f"kid_subset_size: expected at least 2, got {kid_subset_size}")
-    subset = kid_subset_size
-    if subset > min(n_real, n_fake):
-        subset = min(n_real, n_fake)
-        warnings.warn(f"kid_subset_size {kid_subset_size} exceeds the sample count (real {n_real}, fake {n_fake}); "
-                      f"clamped to {subset}", KIDSubsetClamped, stacklevel=2)
+    _check_sets(n_real, n_fake, hw_real, hw_fake, prc, prc_neighborhood)
+    subset = _kid_subset(kid_subset_size, kid_subsets, n_real, n_fake)
     if cuda is None:
         cuda = torch.cuda.is_available()
     elif cuda and not torch.cuda.is_available():
         raise ValueError("cuda=True but no CUDA device is available")
-
-    if extractor == "inception":
-        weights = Path(weights) if weights is not None else inception_weights(cache_dir)
-        name, layer = INCEPTION, "2048"
-    elif extractor == "dataset":
-        if weights is None:
-            raise ValueError("extractor='dataset' needs weights= a train_dataset_extractor checkpoint")
-        weights, name, layer = Path(weights), DATASET_EXTRACTOR, "pool"
-    else:
-        raise ValueError(f"extractor: expected 'inception' or 'dataset', got {extractor!r}")
+    weights, name, layer = _extractor_choice(extractor, weights, cache_dir)
     info = weights_info(weights)
     if isc and not (extractor == "inception" and info.get("has_logits")):
         raise InceptionScoreUnavailable(NO_INCEPTION_SCORE if extractor == "inception"
@@ -411,18 +442,20 @@ def fid_kid(real: torch.Tensor | str | Path, fake: torch.Tensor | str | Path, *,
     result: dict[str, Any] = dict(
         fid=float(out["frechet_inception_distance"]),
         kid_mean=float(out["kernel_inception_distance_mean"]),
-        kid_std=float(out["kernel_inception_distance_std"]),
+        kid_std=_ddof1(out["kernel_inception_distance_std"], kid_subsets) if subset == kid_subset_size else math.nan,
         precision=float(out["precision"]) if prc else None,
         recall=float(out["recall"]) if prc else None,
         f_score=float(out["f_score"]) if prc else None,
         extractor=name, feature_layer=layer, weights_sha256=info["sha256"], weights_source=info.get("source"),
         num_real=n_real, num_fake=n_fake, image_size=list(hw_real), split=real_split, seed=seed,
         kid_subset_size=subset, kid_subset_size_requested=kid_subset_size, kid_subsets=kid_subsets,
+        kid_std_note=(KID_STD_CLAMPED.format(subset=subset) if subset < kid_subset_size
+                      else "one KID subset: no spread to estimate" if kid_subsets == 1 else None),
         prc_neighborhood=prc_neighborhood, cuda=cuda, torch_fidelity=torch_fidelity.__version__,
     )
     if isc:
         result.update(inception_score_mean=float(out["inception_score_mean"]),
-                      inception_score_std=float(out["inception_score_std"]))
+                      inception_score_std=_ddof1(out["inception_score_std"], ISC_SPLITS))
     else:
         result.update(inception_score_mean=None, inception_score_note=(
             NO_INCEPTION_SCORE if extractor == "inception" and not info.get("has_logits")
