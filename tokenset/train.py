@@ -50,8 +50,8 @@ from tokenset.images import psnr, to_float, to_uint8
 from tokenset.quantizer import code_statistics
 from tokenset.tokenizer import SetTokenizer
 
-__all__ = ["Trainer", "WarmupCosine", "StepSampler", "PatchDiscriminator", "fit_tokenizer", "reuse_tokenizer_run",
-           "evaluate_tokenizer", "image_batches", "rank_world", "plot_log", "main"]
+__all__ = ["Trainer", "WarmupCosine", "StepSampler", "PatchDiscriminator", "DecoderGanTrainer", "fit_tokenizer",
+           "reuse_tokenizer_run", "evaluate_tokenizer", "image_batches", "rank_world", "plot_log", "main"]
 
 Batches = Callable[[int], Iterator[Any]]  # start step -> an iterator of batches for steps start, start+1, ...
 
@@ -518,9 +518,13 @@ class _DecoderStep(nn.Module):
         return self.tokenizer.decode_codes(codes)  # in training mode: the tokens in a random order per sample
 
 
-class _DecoderGanTrainer(Trainer):
+class DecoderGanTrainer(Trainer):
     """Stage 2: the decoder alone learns from L2 + disc_weight * hinge generator loss against a PatchGAN that
-    learns from the hinge loss; encoder and quantizer are frozen (tokens are computed without gradients)."""
+    learns from the hinge loss; encoder and quantizer are frozen (tokens are computed without gradients).
+
+    ``fit_tokenizer`` runs it after stage 1; on its own (a decoder fine-tune from a checkpoint, e.g.
+    experiments/tune_discriminator.py): ``DecoderGanTrainer(model, cfg, out_dir, config={}, total_steps=n,
+    first_step=0, stage=2).fit(image_batches(...))`` with the model's non-decoder parameters frozen."""
 
     def __init__(self, model: SetTokenizer, cfg: TrainConfig, out_dir: str | Path, **kw: Any) -> None:
         super().__init__(model, cfg, out_dir, loss_fn=self._unused, params=list(model.decoder.parameters()), **kw)
@@ -575,6 +579,9 @@ class _DecoderGanTrainer(Trainer):
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.disc.load_state_dict(state["disc"])
         self.disc_opt.load_state_dict(state["disc_optimizer"])
+
+
+_DecoderGanTrainer = DecoderGanTrainer  # the name fit_tokenizer's body uses (kept: this change only renames)
 
 
 # --------------------------------------------------------------------------------------------- the recipe
