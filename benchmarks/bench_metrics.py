@@ -2,7 +2,7 @@
 
 Inception (torch-fidelity's inception-v3-compat, resized to 299 inside) and the small data-set CNN, in images/s,
 plus the time to cache real statistics for a split of ``--real`` images. Uses the offline Inception weights
-(built on first use, see tokenset.metrics.inception_weights).
+(built on first use, see tokenset.inception.inception_weights).
 
 Run: .venv/bin/python benchmarks/bench_metrics.py [--batch 50] [--images 100] [--real 200]
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from tokenset import metrics
+from tokenset import inception as inception_mod
 
 
 @torch.no_grad()
@@ -36,7 +37,7 @@ def main(batch: int, num_images: int, num_real: int) -> None:
           f"{num_images} images 32x32")
 
     start = time.perf_counter()
-    weights = metrics.inception_weights()
+    weights = inception_mod.inception_weights()
     print(f"inception_weights()           {time.perf_counter() - start:8.2f} s   {weights}")
     inception = metrics.load_extractor("inception", weights).to(device)
     print(f"{'inception-v3-compat (299 px)':30s}{images_per_second(inception, images, batch):8.2f} images/s"

@@ -20,7 +20,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tokenset import data
+from tokenset import atomic, data, images
+from tokenset.data import debian, prepared, transforms
 from tokenset.config import DataConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,19 +135,9 @@ def crawl_deb_files(sheets: dict[str, np.ndarray]) -> dict[str, bytes]:
 # ----------------------------------------------------------------------------------------- conversions
 
 
-def test_uint8_float_round_trip_all_values():
-    u = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16)
-    f = data.to_float(u)
-    assert f.dtype == torch.float32 and f.min() == -1.0 and f.max() == 1.0
-    assert torch.equal(data.to_uint8(f), u)
-
-
-def test_to_uint8_clamps_and_types():
-    assert data.to_uint8(torch.tensor([-3.0, 0.0, 7.0])).tolist() == [0, 128, 255]
-    with pytest.raises(TypeError):
-        data.to_float(torch.zeros(2))
-    with pytest.raises(TypeError):
-        data.to_uint8(torch.zeros(2, dtype=torch.uint8))
+def test_conversions_are_the_images_modules():
+    # data re-exports the one conversion pair of tokenset.images (no second definition)
+    assert data.to_float is images.to_float and data.to_uint8 is images.to_uint8
 
 
 def test_composite_on_black():
@@ -175,9 +166,9 @@ def test_random_hflip_follows_generator():
 
 
 def test_flip_coin_is_fair_and_changes_with_epoch():
-    coins = np.array([data._coin(0, 0, i) for i in range(4000)])
+    coins = np.array([transforms.coin(0, 0, i) for i in range(4000)])
     assert abs(coins.mean() - 0.5) < 0.04  # sd 0.008: a 5-sigma bound
-    other = np.array([data._coin(0, 1, i) for i in range(4000)])
+    other = np.array([transforms.coin(0, 1, i) for i in range(4000)])
     assert 0.4 < (coins != other).mean() < 0.6
 
 
@@ -233,7 +224,7 @@ def test_split_is_deterministic_and_stratified(val_fraction):
     assert np.array_equal(split, data.stratified_split(labels, val_fraction, seed=7))
     for c, n in enumerate([1, 2, 40, 333]):
         n_val = int(split[labels == c].sum())
-        assert n_val == data._n_val(n, val_fraction)
+        assert n_val == prepared.n_val(n, val_fraction)
         assert n_val == (0 if val_fraction == 0 or n == 1 else min(n - 1, max(1, round(val_fraction * n))))
     if val_fraction > 0:
         assert not np.array_equal(split, data.stratified_split(labels, val_fraction, seed=8))
@@ -277,14 +268,14 @@ def test_apt_missing_gives_how_to(tmp_path, monkeypatch):
 
 def test_empty_apt_lists_not_root_says_what_to_run(tmp_path, fake_apt, monkeypatch):
     monkeypatch.setenv("FAKE_APT_EMPTY_LISTS", "1")
-    monkeypatch.setattr(data, "_is_root", lambda: False)
+    monkeypatch.setattr(debian, "_is_root", lambda: False)
     with pytest.raises(data.DataError, match="sudo apt-get update"):
         data.prepare(DataConfig.preset("tiny", root=str(tmp_path / "d")))
     assert (fake_apt / "log").read_text().split("\n")[:-1] == ["download crawl-tiles-data"]
 
 
 def test_package_unavailable(tmp_path, fake_apt, monkeypatch):
-    monkeypatch.setattr(data, "_is_root", lambda: True)
+    monkeypatch.setattr(debian, "_is_root", lambda: True)
     with pytest.raises(data.DataError, match="copy crawl-tiles-data_"):
         data.prepare(DataConfig.preset("tiny", root=str(tmp_path / "d")))
 
@@ -293,7 +284,7 @@ def test_crawl_end_to_end_with_update_and_cache(tmp_path, fake_apt, monkeypatch)
     sheets = crawl_sheets(np.random.default_rng(3))
     make_deb(fake_apt / "crawl-tiles-data.deb", crawl_deb_files(sheets))
     monkeypatch.setenv("FAKE_APT_EMPTY_LISTS", "1")
-    monkeypatch.setattr(data, "_is_root", lambda: True)
+    monkeypatch.setattr(debian, "_is_root", lambda: True)
     cfg = DataConfig.preset("tiny", root=str(tmp_path / "d"), val_fraction=0.25)
     npz = data.prepare(cfg)
     assert (fake_apt / "log").read_text().split("\n")[:-1] == [
@@ -304,14 +295,14 @@ def test_crawl_end_to_end_with_update_and_cache(tmp_path, fake_apt, monkeypatch)
     assert arrays["class_names"].tolist() == ["floor", "wall"]
     manifest = json.loads(npz.with_suffix(".json").read_text())
     assert manifest["counts"]["val"] == {"floor": 2, "wall": 2} and manifest["n_train"] == 12
-    assert manifest["npz_sha256"] == data.sha256_file(npz)
-    assert manifest["source"]["deb_sha256"] == data.sha256_file(fake_apt / "crawl-tiles-data.deb")
+    assert manifest["npz_sha256"] == atomic.sha256_file(npz)
+    assert manifest["source"]["deb_sha256"] == atomic.sha256_file(fake_apt / "crawl-tiles-data.deb")
     # cached: no apt at all now, and a forced rebuild is byte-identical
     monkeypatch.setenv("PATH", str(tmp_path))
     assert data.prepare(cfg) == npz and (fake_apt / "log").read_text().count("\n") == 3
-    before = data.sha256_file(npz)
+    before = atomic.sha256_file(npz)
     data.prepare(cfg, force=True)
-    assert data.sha256_file(npz) == before
+    assert atomic.sha256_file(npz) == before
     # a new seed re-splits from the cached raw files
     data.prepare(cfg.replace(seed=1))
     assert (fake_apt / "log").read_text().count("\n") == 3
@@ -347,7 +338,7 @@ def test_fashion_end_to_end_pads(tmp_path, fake_apt):
 def test_extract_with_dpkg_deb_matches_python_reader(tmp_path):
     deb = make_deb(tmp_path / "x.deb", {"usr/share/a.txt": b"hello", "usr/b/c.bin": bytes(range(256))})
     a = data.extract_deb(deb, tmp_path / "dpkg")
-    data._extract_deb_python(deb, tmp_path / "py")
+    debian._extract_deb_python(deb, tmp_path / "py")
     for rel in ["usr/share/a.txt", "usr/b/c.bin"]:
         assert (a / rel).read_bytes() == (tmp_path / "py" / rel).read_bytes()
 
@@ -357,7 +348,7 @@ def test_real_crawl_data_if_prepared():
     if not (npz.is_file() and manifest.is_file()):
         pytest.skip("real crawl data not prepared (run `python -m tokenset.data`)")
     doc = json.loads(manifest.read_text())
-    assert doc["npz_sha256"] == data.sha256_file(npz)
+    assert doc["npz_sha256"] == atomic.sha256_file(npz)
     with np.load(npz, allow_pickle=False) as f:
         images, labels, split = f["images"], f["labels"], f["split"]
         names = f["class_names"].tolist()

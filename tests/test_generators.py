@@ -6,7 +6,7 @@ import torch
 from tokenset import generators
 from tokenset.bijection import set_to_counts
 from tokenset.config import DenoiserConfig, FSDDConfig, TrainConfig
-from tokenset.train import fit_generator
+from tokenset.generators import fit_generator
 
 C, M, K = 16, 6, 2
 

@@ -1,5 +1,6 @@
-"""Matching arms of the ablation (tokenset.baselines.matching): the assignment, the losses, the slot generator in
-the tokenizer, the on_log hook of fit_tokenizer, and the ablation section of the config."""
+"""Matching arms of the ablation (tokenset.set_decoders; the probe in tokenset.baselines.matching): the assignment,
+the losses, the slot generator in the tokenizer, the on_log hook of fit_tokenizer, and the ablation section of the
+config."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from tokenset import set_decoders
 from tokenset.baselines import matching
 from tokenset.config import (ABLATION_ARMS, STUDY_LOG_ROWS, AblationConfig, TokenizerConfig, TrainConfig, from_mapping,
                              load_params)
@@ -21,7 +23,7 @@ from tokenset.train import fit_tokenizer
 from tests.helpers import randomized
 
 ROOT = Path(__file__).resolve().parents[1]
-ARMS = list(matching.MATCHING_ARMS)
+ARMS = list(set_decoders.MATCHING_ARMS)
 
 
 def _uint8_images(n: int, size: int = 16, seed: int = 0) -> torch.Tensor:
@@ -50,7 +52,7 @@ def _confident_logits(codes: list[int], c: int, margin: float = 50.0) -> torch.T
 def test_hungarian_equals_brute_force(m):
     g = torch.Generator().manual_seed(m)
     cost = torch.rand(6, m, m, generator=g)
-    got = matching.hungarian_assignment(cost)
+    got = set_decoders.hungarian_assignment(cost)
     for b in range(cost.shape[0]):
         # brute force over all slot orders: perm[j] = slot of target j
         totals = {perm: sum(float(cost[b, perm[j], j]) for j in range(m)) for perm in itertools.permutations(range(m))}
@@ -62,7 +64,7 @@ def test_hungarian_equals_brute_force(m):
 def test_hungarian_assignment_is_a_permutation_even_with_ties():
     g = torch.Generator().manual_seed(0)
     cost = torch.randint(0, 3, (5, 7, 7), generator=g).float()  # many ties
-    a = matching.hungarian_assignment(cost)
+    a = set_decoders.hungarian_assignment(cost)
     assert a.shape == (5, 7) and a.dtype == torch.int64
     for row in a:
         assert sorted(row.tolist()) == list(range(7))
@@ -71,7 +73,7 @@ def test_hungarian_assignment_is_a_permutation_even_with_ties():
 def test_hungarian_loss_is_the_mean_cost_of_the_assigned_pairs_and_its_gradient_skips_the_assignment():
     g = torch.Generator().manual_seed(1)
     cost = torch.rand(3, 4, 4, generator=g).requires_grad_(True)
-    loss, a = matching.hungarian_loss(cost)
+    loss, a = set_decoders.hungarian_loss(cost)
     assert not a.requires_grad and a.dtype == torch.int64
     picked = torch.stack([cost[b, a[b], torch.arange(4)] for b in range(3)])
     assert torch.allclose(loss, picked.mean())
@@ -85,7 +87,7 @@ def test_hungarian_loss_is_the_mean_cost_of_the_assigned_pairs_and_its_gradient_
 def test_chamfer_gradient_reaches_only_the_argmin_entries():
     g = torch.Generator().manual_seed(2)
     cost = torch.rand(2, 3, 3, generator=g).requires_grad_(True)
-    matching.chamfer_loss(cost).backward()
+    set_decoders.chamfer_loss(cost).backward()
     expected = torch.zeros(2, 3, 3)
     for b in range(2):
         for j in range(3):
@@ -98,7 +100,7 @@ def test_chamfer_gradient_reaches_only_the_argmin_entries():
 def test_matching_cost_is_the_cross_entropy_of_each_slot_target_pair():
     g = torch.Generator().manual_seed(3)
     logits, targets = torch.randn(2, 3, 5, generator=g), torch.randint(5, (2, 3), generator=g)
-    cost = matching.matching_cost(logits, targets)
+    cost = set_decoders.matching_cost(logits, targets)
     assert cost.shape == (2, 3, 3)
     for b, i, j in itertools.product(range(2), range(3), range(3)):
         ce = torch.nn.functional.cross_entropy(logits[b, i:i + 1], targets[b, j:j + 1])
@@ -115,19 +117,19 @@ def test_chamfer_ignores_multiplicities_where_hungarian_does_not():
     logits = _confident_logits([a, b, cc, cc], c)
     with_repeat_a = torch.tensor([[a, a, b, cc]])
     with_repeat_c = torch.tensor([[a, b, cc, cc]])
-    ch = [float(matching.matching_loss("chamfer", logits, t)["loss"]) for t in (with_repeat_a, with_repeat_c)]
-    hu = [float(matching.matching_loss("hungarian", logits, t)["loss"]) for t in (with_repeat_a, with_repeat_c)]
+    ch = [float(set_decoders.matching_loss("chamfer", logits, t)["loss"]) for t in (with_repeat_a, with_repeat_c)]
+    hu = [float(set_decoders.matching_loss("hungarian", logits, t)["loss"]) for t in (with_repeat_a, with_repeat_c)]
     assert ch[0] < 1e-6 and ch[1] < 1e-6  # the same (minimal) loss for two different multisets
     assert hu[1] < 1e-6 and hu[0] > 10.0  # Hungarian: one 'a' target must take the 'c' slot
     # several equal targets claim one slot: the Chamfer assignment is not one-to-one
-    assignment = matching.chamfer_assignment(matching.matching_cost(_confident_logits([a, b, cc, d], c),
+    assignment = set_decoders.chamfer_assignment(set_decoders.matching_cost(_confident_logits([a, b, cc, d], c),
                                                                     with_repeat_a))
     assert assignment.tolist() == [[0, 0, 1, 2]]
     assert len(set(assignment[0].tolist())) < 4
     # the slot -> target half depends on the targets' support only (any random logits)
     g = torch.Generator().manual_seed(0)
     rnd = torch.randn(1, 4, c, generator=g)
-    halves = [matching.matching_cost(rnd, t).min(dim=2).values for t in (with_repeat_a, with_repeat_c)]
+    halves = [set_decoders.matching_cost(rnd, t).min(dim=2).values for t in (with_repeat_a, with_repeat_c)]
     assert torch.equal(halves[0], halves[1])
 
 
@@ -151,16 +153,16 @@ def test_canonical_assignment_and_changed_share():
 def test_matching_cost_rejects_bad_input(bad, match):
     args = {"logits": torch.zeros(2, 3, 5), "targets": torch.zeros(2, 3, dtype=torch.long), **bad}
     with pytest.raises(ValueError, match=match):
-        matching.matching_cost(args["logits"], args["targets"])
+        set_decoders.matching_cost(args["logits"], args["targets"])
 
 
 def test_assignment_rejects_bad_cost():
     with pytest.raises(ValueError, match="as many slots as targets"):
-        matching.hungarian_assignment(torch.zeros(1, 2, 3))
+        set_decoders.hungarian_assignment(torch.zeros(1, 2, 3))
     with pytest.raises(ValueError, match="finite"):
-        matching.hungarian_assignment(torch.tensor([[[0.0, math.inf], [1.0, math.nan]]]))
+        set_decoders.hungarian_assignment(torch.tensor([[[0.0, math.inf], [1.0, math.nan]]]))
     with pytest.raises(ValueError, match="kind: expected one of"):
-        matching.matching_loss("pooling", torch.zeros(1, 2, 3), torch.zeros(1, 2, dtype=torch.long))
+        set_decoders.matching_loss("pooling", torch.zeros(1, 2, 3), torch.zeros(1, 2, dtype=torch.long))
 
 
 # --------------------------------------------------------------------------------------------- in the tokenizer
@@ -196,7 +198,7 @@ def test_gradient_reaches_the_slot_generator(arm):
     model.zero_grad()
     codes, tokens, _ = model.quantize(_uint8_images(4).float() / 127.5 - 1)
     _, logits = model.decoder.latents(codes)
-    loss = matching.matching_loss(arm, logits, tokens)["loss"]
+    loss = set_decoders.matching_loss(arm, logits, tokens)["loss"]
     loss.backward()
     for name in ("summary_proj.weight", "classifier.weight", "slot_positional_embedding"):
         assert float(dict(model.decoder.slots.named_parameters())[name].grad.abs().sum()) > 0, name

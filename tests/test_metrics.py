@@ -16,20 +16,17 @@ from PIL import Image
 from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from tokenset import metrics
+from tokenset import atomic, metrics
+from tokenset import inception as inception_mod
 from tokenset.config import EvalConfig
+from tokenset.inception import MAPPED_WEIGHTS_NAME, MAPPING_TOLERANCE
 from tokenset.metrics import (
     DATASET_EXTRACTOR,
     INCEPTION,
-    MAPPED_WEIGHTS_NAME,
-    MAPPING_TOLERANCE,
     InceptionScoreUnavailable,
     KIDSubsetClamped,
     fid_kid,
     frechet_distance,
-    images_to_uint8,
-    psnr,
-    ssim,
     token_stats,
 )
 
@@ -63,12 +60,12 @@ def cnn(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def inception():
-    return metrics.mapped_inception_weights()
+    return inception_mod.mapped_inception_weights()
 
 
 @pytest.fixture(scope="session")
 def torchscript():
-    return metrics.load_fid_helper_torchscript(metrics.fid_helper_wheel())
+    return inception_mod.load_fid_helper_torchscript(inception_mod.fid_helper_wheel())
 
 
 # --------------------------------------------------------------------------------------------- Inception weights
@@ -76,15 +73,15 @@ def torchscript():
 
 @pytest.mark.slow
 def test_mapped_weights_reproduce_the_torchscript_features(inception, torchscript):
-    state = metrics.map_torchscript_state_dict(torchscript.state_dict())
-    err = metrics.inception_mapping_error(state, torchscript, num_images=2, seed=1)  # not the build's seed
+    state = inception_mod.map_torchscript_state_dict(torchscript.state_dict())
+    err = inception_mod.inception_mapping_error(state, torchscript, num_images=2, seed=1)  # not the build's seed
     assert err < MAPPING_TOLERANCE
     cached = torch.load(inception, map_location="cpu", weights_only=True)
     assert cached.keys() == state.keys()
     assert all(torch.equal(cached[k], state[k]) for k in state if not k.startswith("fc."))
-    info = metrics.weights_info(inception)
+    info = inception_mod.weights_info(inception)
     assert info["has_logits"] is False and info["max_abs_diff"] < MAPPING_TOLERANCE
-    assert info["sha256"] == metrics.sha256_file(inception)
+    assert info["sha256"] == atomic.sha256_file(inception)
     assert all(torch.isnan(cached[k]).all() for k in ("fc.weight", "fc.bias"))  # no logits: no Inception Score
     assert all((state[k] == 1).all() for k in state if k.endswith(".bn.weight"))  # TF batch norm has no scale
 
@@ -95,7 +92,7 @@ def test_folded_extractor_keeps_the_features(inception):
     mapped extractor (itself checked against the TorchScript above) up to float rounding."""
     folded = metrics.load_extractor("inception", inception)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
-    plain = metrics._fidelity_inception(torch.load(inception, map_location="cpu", weights_only=True))
+    plain = inception_mod.fidelity_inception(torch.load(inception, map_location="cpu", weights_only=True))
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules()) == 94
     x = torch.randint(0, 256, (3, 3, 32, 32), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
     with torch.no_grad():
@@ -110,17 +107,17 @@ def test_folded_extractor_keeps_the_features(inception):
 @pytest.mark.slow
 def test_a_wrong_mapping_is_refused_and_nothing_is_written(tmp_path, monkeypatch, inception):
     (tmp_path / "wheels").mkdir()
-    shutil.copy(metrics.fid_helper_wheel(), tmp_path / "wheels")
-    right = metrics.map_torchscript_state_dict
+    shutil.copy(inception_mod.fid_helper_wheel(), tmp_path / "wheels")
+    right = inception_mod.map_torchscript_state_dict
 
     def with_bn_scale(ts_state):  # as if the TF graph had a batch-norm scale of 0.9 in one block
         state = right(ts_state)
         state["Mixed_6b.branch1x1.bn.weight"] = torch.full_like(state["Mixed_6b.branch1x1.bn.weight"], 0.9)
         return state
 
-    monkeypatch.setattr(metrics, "map_torchscript_state_dict", with_bn_scale)
+    monkeypatch.setattr(inception_mod, "map_torchscript_state_dict", with_bn_scale)
     with pytest.raises(RuntimeError, match="refusing"):
-        metrics.mapped_inception_weights(tmp_path)
+        inception_mod.mapped_inception_weights(tmp_path)
     assert not (tmp_path / "inception" / MAPPED_WEIGHTS_NAME).exists()
 
 
@@ -129,7 +126,7 @@ def test_blocks_out_of_order_do_not_map(torchscript):
     items = list(torchscript.state_dict().items())
     first, second = items[:4], items[4:8]  # the 3x3 stem conv and the next block: different shapes
     with pytest.raises(ValueError, match="shape"):
-        metrics.map_torchscript_state_dict(dict(second + first + items[8:]))
+        inception_mod.map_torchscript_state_dict(dict(second + first + items[8:]))
 
 
 def test_tampered_cached_weights_are_refused(tmp_path):
@@ -139,7 +136,7 @@ def test_tampered_cached_weights_are_refused(tmp_path):
     (folder / MAPPED_WEIGHTS_NAME).with_suffix(".json").write_text(json.dumps(dict(sha256="0" * 64,
                                                                                   max_abs_diff=1e-6)))
     with pytest.raises(RuntimeError, match="refusing"):
-        metrics.mapped_inception_weights(tmp_path)
+        inception_mod.mapped_inception_weights(tmp_path)
 
 
 # --------------------------------------------------------------------------------------------- FID / KID / PRC
@@ -160,7 +157,7 @@ def test_inception_fid_of_a_set_with_itself_is_zero_and_with_noise_large(incepti
     assert sorted(p.name for p in (tmp_path / "fidelity_cache").iterdir()) == cached  # real features reused
     for r in (same, other):
         assert r["extractor"] == INCEPTION and r["feature_layer"] == "2048"
-        assert r["weights_sha256"] == metrics.sha256_file(inception)
+        assert r["weights_sha256"] == atomic.sha256_file(inception)
         assert (r["num_real"], r["num_fake"], r["split"], r["seed"]) == (10, 10, "unit", 0)
         assert r["inception_score_mean"] is None and "no Inception Score" in r["inception_score_note"]
         json.dumps(r)  # results files take it as is
@@ -189,7 +186,7 @@ def test_dataset_extractor_learns_registers_and_separates(cnn, tmp_path):
     close = fid_kid(real, smooth_images(16, seed=5), extractor="dataset", weights=cnn, kid_subset_size=16)
     far = fid_kid(real, white_noise(16, seed=6), extractor="dataset", weights=cnn, kid_subset_size=16)
     assert abs(same["fid"]) < 1e-6 < close["fid"] < far["fid"]
-    assert far["extractor"] == DATASET_EXTRACTOR and far["weights_sha256"] == metrics.sha256_file(cnn)
+    assert far["extractor"] == DATASET_EXTRACTOR and far["weights_sha256"] == atomic.sha256_file(cnn)
     assert "not an Inception" in far["inception_score_note"]
 
 
@@ -210,14 +207,30 @@ def test_options_from_the_eval_config(cnn):
     cfg = EvalConfig.preset("tiny", kid_subset_size=4, kid_subsets=3)
     r = fid_kid(smooth_images(6, seed=16), smooth_images(6, seed=17), weights=cnn, **metrics.fid_kid_options(cfg))
     assert (r["extractor"], r["kid_subset_size"], r["kid_subsets"]) == (DATASET_EXTRACTOR, 4, 3)
+    # subsets of 4 out of 6: a sampling spread, reported
+    assert math.isfinite(r["kid_std"]) and r["kid_std"] > 0 and r["kid_std_note"] is None
 
 
-def test_kid_subset_size_is_clamped_with_a_warning(cnn):
+def test_every_std_is_a_sample_std():
+    # torch-fidelity's np.std (ddof 0) over k subsets, rescaled, is the ddof-1 std the library reports everywhere
+    x = np.random.default_rng(0).normal(size=7)
+    assert metrics._ddof1(float(np.std(x)), 7) == pytest.approx(float(np.std(x, ddof=1)), rel=1e-12)
+    assert math.isnan(metrics._ddof1(0.0, 1))
+
+
+def test_one_kid_subset_has_no_std(cnn):
+    r = fid_kid(smooth_images(6, seed=16), smooth_images(6, seed=17), extractor="dataset", weights=cnn,
+                kid_subset_size=4, kid_subsets=1, prc=False)
+    assert math.isfinite(r["kid_mean"]) and math.isnan(r["kid_std"]) and "one KID subset" in r["kid_std_note"]
+
+
+def test_kid_subset_size_is_clamped_with_a_warning_and_no_std(cnn):
     real, fake = smooth_images(8, seed=9), smooth_images(6, seed=10)
-    with pytest.warns(KIDSubsetClamped, match="clamped to 6"):
+    with pytest.warns(KIDSubsetClamped, match="clamped to 6.*not reported"):
         r = fid_kid(real, fake, extractor="dataset", weights=cnn, kid_subset_size=1000)
     assert (r["kid_subset_size"], r["kid_subset_size_requested"]) == (6, 1000)
-    assert math.isfinite(r["kid_mean"]) and r["kid_std"] >= 0
+    # every subset of the 6 fakes is all 6 of them: no std is reported, and the record says why
+    assert math.isfinite(r["kid_mean"]) and math.isnan(r["kid_std"]) and "whole set" in r["kid_std_note"]
 
 
 # --------------------------------------------------------------------------------------------- bad input
@@ -252,8 +265,6 @@ def test_more_bad_input(tmp_path, cnn):
         fid_kid(x.numpy(), x, extractor="dataset", weights=cnn)
     with pytest.raises(ValueError, match="needs weights"):
         fid_kid(x, x, extractor="dataset")
-    with pytest.raises(ValueError, match="value_range"):
-        images_to_uint8(x.float() / 127.5 - 1, value_range=(0, 1))
     (tmp_path / "mixed").mkdir()
     for i, size in enumerate((32, 32, 16)):
         Image.fromarray(np.zeros((size, size, 3), np.uint8)).save(tmp_path / "mixed" / f"{i}.png")
@@ -262,17 +273,6 @@ def test_more_bad_input(tmp_path, cnn):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="cuda"):
             fid_kid(x, x, extractor="dataset", weights=cnn, cuda=True)
-
-
-# --------------------------------------------------------------------------------------------- conversions
-
-
-def test_float_conversions_are_exact_on_8_bit_values():
-    v = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16).expand(2, 3, 16, 16).contiguous()
-    assert torch.equal(images_to_uint8(v), v)
-    assert torch.equal(images_to_uint8(v.float() / 255), v)  # [0, 1], inferred
-    assert torch.equal(images_to_uint8(v.float()), v)  # [0, 255], inferred
-    assert torch.equal(images_to_uint8(v.float() / 127.5 - 1, value_range=(-1, 1)), v)
 
 
 # --------------------------------------------------------------------------------------------- token statistics
@@ -319,38 +319,3 @@ def test_token_stats_ignore_order_within_a_set(batch):
 def test_token_stats_bad_input(tokens, size, message):
     with pytest.raises(ValueError, match=message):
         token_stats(tokens, size)
-
-
-# --------------------------------------------------------------------------------------------- PSNR / SSIM
-
-
-def test_psnr_and_ssim_known_values():
-    a = torch.full((2, 3, 32, 32), 100, dtype=torch.uint8)
-    b = torch.full((2, 3, 32, 32), 110, dtype=torch.uint8)
-    assert psnr(a, b).item() == pytest.approx(10 * math.log10(255**2 / 100))  # MSE = 10^2
-    c1 = (0.01 * 255) ** 2  # constant images: SSIM is the luminance term alone
-    assert ssim(a, b).item() == pytest.approx((2 * 100 * 110 + c1) / (100**2 + 110**2 + c1), rel=1e-6)
-    x = smooth_images(3, seed=14)
-    assert torch.isinf(psnr(x, x)) and ssim(x, x).item() == pytest.approx(1.0)
-    assert psnr(x, x.flip(0), reduction="none").shape == (3,) and ssim(x, x.flip(0), reduction="none").shape == (3,)
-    as_float = x.float() / 127.5 - 1  # decoder outputs in [-1, 1]
-    y = smooth_images(3, seed=15)
-    assert psnr(as_float, y.float() / 127.5 - 1, value_range=(-1, 1)) == psnr(x, y)
-    assert ssim(as_float, y.float() / 127.5 - 1, value_range=(-1, 1)) == ssim(x, y)
-    with pytest.raises(ValueError, match="differ in shape"):
-        psnr(x, y[:2])
-    with pytest.raises(ValueError, match="3 channels"):
-        ssim(x[:, :1], y[:, :1])
-
-
-@pytest.mark.parametrize("shape", [(1, 3, 11, 11), (6, 3, 32, 32), (3, 3, 28, 40)])
-def test_ssim_equals_torchmetrics(shape):
-    from torchmetrics.functional import structural_similarity_index_measure
-
-    g = torch.Generator().manual_seed(sum(shape))
-    x = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
-    y = (x.double() * 0.7 + 20 * torch.randn(shape, generator=g, dtype=torch.float64)).clamp(0, 255).to(torch.uint8)
-    ours = ssim(x, y, reduction="none")
-    theirs = structural_similarity_index_measure(x.double(), y.double(), data_range=255.0, reduction="none")
-    assert ours.shape == (shape[0],)
-    assert torch.allclose(ours, theirs, atol=1e-12, rtol=0)

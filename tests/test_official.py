@@ -1,13 +1,24 @@
 """tokenset.official: official checkpoint names/shapes -> our modules, with clear reports; exact re-parameterisations.
 
-The official files are not here (and nothing downloads): state dicts with the official names and shapes are built at
-tiny sizes from ``official_key_shapes`` and written with torch.save, as the official scripts would.
+The official files are not here (and nothing downloads). What the official modules hold is a committed fact:
+tests/fixtures/official_keys.json lists the state-dict names and shapes of the official tokenizer, DiT1D-S and
+DiT1D-B at the released configurations, produced by the official code itself at a recorded commit
+(tests/fixtures/make_official_keys.py). From it:
+
+- at the released sizes, state dicts of those names and shapes (on the meta device: no memory) must map completely
+  onto our paper-size modules, and ``official_key_shapes`` must reproduce the fixture exactly;
+- the FSDD state dicts of the tiny tests are the fixture's DiT1D-S keys shrunk to the tiny config (blocks beyond its
+  depth dropped, every released size replaced by the tiny one);
+- the tiny tokenizer states still come from ``official_key_shapes`` (its pixel decoder's levels depend on the patch
+  size, so the released keys cannot be shrunk by substitution), which the first point pins to the fixture.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from collections import OrderedDict
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,15 +34,86 @@ from tokenset.tokenizer import SetTokenizer
 
 TOK = TokenizerConfig.preset("tiny", pixel_head="vqgan", head_channels=32)
 DEN = DenoiserConfig.preset("tiny", codebook_size=16, total=4)
+FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "official_keys.json").read_text())
+RELEASED_CONFIGS = {  # our configs at the released sizes (M = 128 tokens, C = 4096 codes, D = 12)
+    "tokenizer": ("tokenizer", TokenizerConfig.preset("paper", num_tokens=128, codebook_size=4096, token_dim=12)),
+    "fsdd_S": ("fsdd", DenoiserConfig.preset("S", codebook_size=4096, total=128)),
+    "fsdd_B": ("fsdd", DenoiserConfig.preset("B", codebook_size=4096, total=128)),
+}
+
+
+def _random(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(shape, generator=g) * 0.1 for k, shape in shapes.items()}
 
 
 def _official_state(kind: str, cfg, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {k: torch.randn(shape, generator=g) * 0.1 for k, shape in official.official_key_shapes(kind, cfg).items()}
+    """Official-layout state dict at a tiny config: FSDD from the fixture (``_fixture_fsdd_shapes``), the tokenizer
+    from ``official_key_shapes`` (pinned to the fixture at the released sizes: ``test_key_shapes_are_the_official``)."""
+    if kind == "fsdd":
+        return _random(_fixture_fsdd_shapes(cfg), seed)
+    return _random(official.official_key_shapes(kind, cfg), seed)
+
+
+def _fixture_fsdd_shapes(cfg: DenoiserConfig) -> dict[str, tuple[int, ...]]:
+    """The fixture's DiT1D-S keys shrunk to ``cfg``: blocks >= cfg.depth dropped, each released size (read from the
+    fixture's own shapes) replaced by cfg's; a size the substitution does not know fails the test."""
+    keys = FIXTURE["models"]["fsdd_S"]["keys"]
+    _, c, d = keys["pos_embed"]
+    hidden = keys["blocks.0.mlp.fc1.weight"][0]
+    size = {1: 1, d: cfg.width, 2 * d: 2 * cfg.width, 3 * d: 3 * cfg.width, 6 * d: 6 * cfg.width,
+            hidden: int(cfg.width * cfg.mlp_ratio), c: cfg.codebook_size, c + 1: cfg.codebook_size + 1,
+            keys["final_layer.linear.weight"][0]: cfg.total + 1,
+            keys["y_embedder.embedding_table.weight"][0]: cfg.num_classes + 1,
+            keys["t_embedder.mlp.0.weight"][1]: cfg.time_freq_dim}
+    assert len(size) == 11, "released sizes collide: the substitution would be ambiguous"
+    out = {}
+    for name, shape in keys.items():
+        if name.startswith("blocks.") and int(name.split(".")[1]) >= cfg.depth:
+            continue
+        unknown = [n for n in shape if n not in size]
+        assert not unknown, f"fixture key {name} {shape}: no tiny size for {unknown}"
+        out[name] = tuple(size[n] for n in shape)
+    return out
 
 
 def _images(n: int = 2, size: int = 16) -> torch.Tensor:
     return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+
+# --------------------------------------------------------------------------------------------- the official keys
+
+
+def test_the_fixture_records_its_source():
+    source = FIXTURE["source"]
+    assert source["repository"] == "github.com/Gengzigang/TokenSet" and len(source["commit"]) == 40
+    assert set(FIXTURE["models"]) == set(RELEASED_CONFIGS)
+    for model in FIXTURE["models"].values():
+        assert model["num_keys"] == len(model["keys"]) > 100
+
+
+@pytest.mark.parametrize("name", sorted(RELEASED_CONFIGS))
+def test_key_shapes_are_the_official(name):
+    kind, cfg = RELEASED_CONFIGS[name]
+    ours = {k: list(v) for k, v in official.official_key_shapes(kind, cfg).items()}
+    theirs = FIXTURE["models"][name]["keys"]
+    assert sorted(set(theirs) - set(ours)) == [] and sorted(set(ours) - set(theirs)) == []
+    assert {k: v for k, v in ours.items() if theirs[k] != v} == {}
+
+
+@pytest.mark.parametrize("name", sorted(RELEASED_CONFIGS))
+def test_released_state_dicts_map_completely(name):
+    """The released files' names and shapes (meta tensors: no memory) map onto our paper-size modules."""
+    kind, cfg = RELEASED_CONFIGS[name]
+    state = {k: torch.empty(shape, device="meta") for k, shape in FIXTURE["models"][name]["keys"].items()}
+    with torch.device("meta"):
+        model = official.adapt_tokenizer(SetTokenizer(cfg)) if kind == "tokenizer" else CountDiT(cfg)
+    target = model.state_dict()
+    ours, report = official.map_official_state_dict(state, kind, target)
+    assert report.ok, str(report)
+    assert set(ours) == set(target) and all(ours[k].shape == target[k].shape for k in target)
+    split = sum(".in_proj_" in k for k in state)  # each in_proj tensor becomes q and kv
+    assert report.mapped == len(state) + split
 
 
 # --------------------------------------------------------------------------------------------- tokenizer

@@ -1,5 +1,7 @@
-"""dvc.yaml: every tokenset module a stage's notebook runs (imported directly or through other tokenset modules)
-is a dependency of that stage, so editing it makes `dvc repro` rerun the stage."""
+"""dvc.yaml: every tokenset module a stage's notebook runs (imported directly or through other tokenset modules,
+or as the ``__init__.py`` of a package it sits in) is a dependency of that stage, so editing it makes `dvc repro`
+rerun the stage; and a stage depends on no other tokenset module, so editing one does not rerun stages that never
+run it."""
 
 from __future__ import annotations
 
@@ -34,6 +36,15 @@ def _module_file(name: str) -> Path | None:
     return None
 
 
+def _package_inits(path: Path) -> list[Path]:
+    """``__init__.py`` of each package between tokenset/ and ``path`` (Python runs them when importing ``path``)."""
+    top, inits, folder = ROOT / "tokenset", [], path.parent
+    while folder != top and top in folder.parents:
+        inits.append(folder / "__init__.py")
+        folder = folder.parent
+    return inits
+
+
 def module_closure(source: str) -> set[Path]:
     """Files of the tokenset modules ``source`` imports, transitively. tokenset/__init__.py is left out: it only
     re-exports the public API, so following it would make every stage depend on every module it names."""
@@ -42,10 +53,13 @@ def module_closure(source: str) -> set[Path]:
     while todo:
         for name in _imports(todo.pop()):
             path = _module_file(name)
-            if path is None or path in seen or path == ROOT / "tokenset" / "__init__.py":
+            if path is None:
                 continue
-            seen.add(path)
-            todo.append(path.read_text())
+            for file in [path, *_package_inits(path)]:
+                if file in seen or file == ROOT / "tokenset" / "__init__.py":
+                    continue
+                seen.add(file)
+                todo.append(file.read_text())
     return seen
 
 
@@ -68,7 +82,22 @@ def test_stage_depends_on_every_module_it_runs(stage):
     assert not missing, f"dvc.yaml stage {stage!r} runs these modules but does not depend on them: {missing}"
 
 
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_stage_depends_on_no_module_it_does_not_run(stage):
+    deps = [ROOT / d for d in STAGES[stage]["deps"]]
+    needed = set().union(*(module_closure(_notebook_code(nb)) for nb in deps if nb.suffix == ".ipynb"))
+    package = ROOT / "tokenset"
+    code_deps = [d for d in deps if d == package or package in d.parents]
+    folders = sorted(str(d.relative_to(ROOT)) for d in code_deps if d.is_dir())
+    assert not folders, f"dvc.yaml stage {stage!r}: name module files, not folders: {folders}"
+    extra = sorted(str(d.relative_to(ROOT)) for d in code_deps if d not in needed)
+    assert not extra, f"dvc.yaml stage {stage!r} depends on modules its notebook never runs: {extra}"
+
+
 def test_closure_follows_imports():
     # tokenset.generators imports the tokenizer, which imports the quantizer: all three are found
     files = {p.name for p in module_closure("from tokenset import generators")}
     assert {"generators.py", "tokenizer.py", "quantizer.py", "checkpoint.py", "atomic.py"} <= files
+    # a module inside a package runs that package's __init__.py too
+    inits = {p.relative_to(ROOT).as_posix() for p in module_closure("from tokenset.baselines.masked import sample")}
+    assert "tokenset/baselines/__init__.py" in inits

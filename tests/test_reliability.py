@@ -147,7 +147,7 @@ def _pipeline(out: Path) -> dict[str, Any]:
         tokens = tok.encode(train.float() / 127.5 - 1)
     den = DenoiserConfig.preset("tiny", codebook_size=TOK.codebook_size, total=TOK.num_tokens, num_classes=2)
     fsdd_cfg = FSDDConfig.preset("tiny")
-    gen = train_mod.fit_generator("fsdd", den, fsdd_cfg, TrainConfig.preset("tiny", steps=6, batch_size=8),
+    gen = generators.fit_generator("fsdd", den, fsdd_cfg, TrainConfig.preset("tiny", steps=6, batch_size=8),
                                   tokens, labels, out / "gen", progress=False)
     samples = generators.generate("fsdd", gen["model"], torch.tensor([0, 1, 0, 1]), fsdd_cfg,
                                   generator=torch.Generator().manual_seed(0))

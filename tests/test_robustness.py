@@ -134,6 +134,11 @@ def test_kept_shares_and_summary_on_a_known_tokenizer():
     assert (table.kept_lo <= table.kept_mean + 1e-12).all() and (table.kept_mean <= table.kept_hi + 1e-12).all()
     assert (table.kept_lo < table.kept_hi).any()
     assert (table.images == 40).all()
+    # the measured SNR stands beside the nominal one, and the clamp shows at -5 dB
+    cols = list(table.columns)
+    assert cols.index("measured_snr_db") == cols.index("snr_db") + 1
+    low = table[table.snr_db == -5].measured_snr_db
+    assert (low > -5).all() and (table[table.snr_db == 60].measured_snr_db - 60).abs().max() < 0.5
 
 
 def test_bad_inputs_raise_value_error():

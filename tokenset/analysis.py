@@ -15,7 +15,7 @@ import torch
 
 from tokenset import metrics
 from tokenset.bijection import canonical_order
-from tokenset.data import to_float, to_uint8
+from tokenset.images import to_float, to_uint8
 from tokenset.tokenizer import SetTokenizer
 
 __all__ = ["ORDERS", "reorder", "encode_images", "decode_tokens", "reconstruct", "permutation_spread",

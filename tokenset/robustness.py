@@ -34,7 +34,7 @@ import torch
 
 from tokenset.analysis import encode_images
 from tokenset.bijection import set_to_counts
-from tokenset.data import to_float
+from tokenset.images import to_float
 from tokenset.tokenizer import SetTokenizer
 
 __all__ = ["SNR_DB", "METRICS", "signal_power", "add_noise", "measured_snr_db", "multiset_kept", "position_kept",
@@ -47,7 +47,8 @@ Signal = Literal["power", "variance"]
 TABLE_NOTE = (
     "Share of tokens kept when Gaussian noise is added to each validation image at a given SNR. "
     "SNR = 10 log10(P / sigma^2) per image, P = {signal_text} of the image in [-1, 1]; the noisy image is clamped "
-    "to [-1, 1] before encoding (measured_snr_db: the SNR after the clamp). "
+    "to [-1, 1] before encoding. snr_db is the nominal SNR of the added noise; measured_snr_db, beside it, is the "
+    "SNR the encoder saw after the clamp (mean over images), higher than the nominal one at low SNR. "
     "multiset kept = sum_j min(n_j(clean), n_j(noisy)) / M over the count vectors n; "
     "position kept = #{{k : clean_k = noisy_k}} / M. "
     "natural = the metric that fits the arm (multiset for the set tokenizer, position for the ordered control). "
@@ -209,7 +210,9 @@ def bootstrap_mean(values: np.ndarray | Sequence[float], n_boot: int = 1000, see
 
 def summarise(per_image: pd.DataFrame, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
     """Per-image kept shares (``kept_shares`` output, with an ``arm`` column) -> one row per arm x metric x SNR:
-    arm, metric, snr_db, natural, kept_mean, kept_lo, kept_hi (bootstrap over images), measured_snr_db, images."""
+    arm, metric, snr_db (nominal), measured_snr_db (the SNR after the clamp, mean over images; beside the nominal
+    one because the clamp lowers the noise at low SNR: nominal 1 dB can be 3 dB seen), natural, kept_mean, kept_lo,
+    kept_hi (bootstrap over images), images."""
     need = {"arm", "metric", "snr_db", "kept", "measured_snr_db"}
     if not isinstance(per_image, pd.DataFrame) or not need <= set(per_image.columns):
         got = sorted(per_image.columns) if isinstance(per_image, pd.DataFrame) else type(per_image).__name__
@@ -218,7 +221,7 @@ def summarise(per_image: pd.DataFrame, n_boot: int = 1000, seed: int = 0, level:
     for (arm, metric, snr), g in per_image.groupby(["arm", "metric", "snr_db"], sort=False):
         mean, lo, hi = bootstrap_mean(g["kept"].to_numpy(), n_boot, seed, level)
         natural = (metric == "multiset") == (arm != "ordered")
-        rows.append(dict(arm=arm, metric=metric, snr_db=snr, natural=natural, kept_mean=mean, kept_lo=lo,
-                         kept_hi=hi, measured_snr_db=float(g["measured_snr_db"].mean()), images=len(g)))
+        rows.append(dict(arm=arm, metric=metric, snr_db=snr, measured_snr_db=float(g["measured_snr_db"].mean()),
+                         natural=natural, kept_mean=mean, kept_lo=lo, kept_hi=hi, images=len(g)))
     return pd.DataFrame(rows).sort_values(["arm", "metric", "snr_db"], ascending=[False, True, False],
                                           ignore_index=True)

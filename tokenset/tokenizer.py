@@ -17,7 +17,7 @@ the one difference between the two (paper, Sec. 1).
 "mean" (their mean, one token: plain pooling), "pma" (M learnable seeds cross-attending to them once: pooling by
 multi-head attention, as in the Set Transformer), "hungarian" / "chamfer" (matching: M ordered slots predicted from
 the mean of the embedded tokens, each classified over the codebook and matched to the image's tokens, which serve
-only as training targets; ``tokenset.baselines.matching``). All five are permutation invariant.
+only as training targets; ``tokenset.set_decoders``). All five are permutation invariant.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from tokenset.baselines.matching import MATCHING_ARMS, SlotGenerator, matching_loss
 from tokenset.bijection import counts_to_set
 from tokenset.config import TokenizerConfig, from_mapping
 from tokenset.quantizer import CosineQuantizer
+from tokenset.set_decoders import MATCHING_ARMS, SlotGenerator, matching_loss
 
 __all__ = ["SetTokenizer", "Transformer"]
 
@@ -434,7 +434,7 @@ class SetTokenizer(nn.Module):
         out: fp32 scalars: loss = recon_loss (MSE) + quant_loss; recon_loss, quant_loss, codebook_loss,
         commitment_loss, usage, entropy (bits), perplexity (of this batch's codes). The matching arms
         (decoder_input "hungarian" / "chamfer") add match_weight * match_loss to loss and report match_loss: the
-        set loss of the decoder's slot logits against this batch's tokens (``tokenset.baselines.matching``).
+        set loss of the decoder's slot logits against this batch's tokens (``tokenset.set_decoders``).
         """
         latents, codes, tokens, q = self._quantize(images)
         if bypass_quantizer:

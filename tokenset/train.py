@@ -47,14 +47,14 @@ from tqdm.auto import tqdm
 from tokenset import atomic
 from tokenset.checkpoint import (config_changes, fingerprint, load_checkpoint, rng_state, save_checkpoint,
                                  set_rng_state)
-from tokenset import generators
-from tokenset.config import DenoiserConfig, FSDDConfig, TokenizerConfig, TrainConfig
-from tokenset.data import random_hflip, to_float
+from tokenset.config import TokenizerConfig, TrainConfig
+from tokenset.data.transforms import random_hflip
+from tokenset.images import psnr, to_float, to_uint8
 from tokenset.quantizer import code_statistics
 from tokenset.tokenizer import SetTokenizer
 
-__all__ = ["Trainer", "WarmupCosine", "PatchDiscriminator", "fit_tokenizer", "reuse_tokenizer_run", "fit_generator", "evaluate_tokenizer", "psnr",
-           "image_batches", "plot_log", "main"]
+__all__ = ["Trainer", "WarmupCosine", "StepSampler", "PatchDiscriminator", "DecoderGanTrainer", "fit_tokenizer",
+           "reuse_tokenizer_run", "evaluate_tokenizer", "image_batches", "rank_world", "plot_log", "main"]
 
 Batches = Callable[[int], Iterator[Any]]  # start step -> an iterator of batches for steps start, start+1, ...
 
@@ -62,7 +62,8 @@ Batches = Callable[[int], Iterator[Any]]  # start step -> an iterator of batches
 # --------------------------------------------------------------------------------------------- helpers
 
 
-def _rank_world() -> tuple[int, int]:
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group, or (0, 1) when not distributed."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -76,12 +77,6 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, dict):
         return {k: _to_device(v, device) for k, v in batch.items()}
     return batch
-
-
-def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB of images in [-1, 1] (i.e. on the [0, 1] scale, peak 1): (B, ...) -> (B,)."""
-    mse = ((reconstruction.float().clamp(-1, 1) - target.float()) / 2).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
 
 
 class WarmupCosine:
@@ -202,7 +197,7 @@ class Trainer:
         self.ckpt_path = self.out_dir / f"{name}.pt"
         self.log_path = self.out_dir / log_name
         self.stage, self.progress = stage, progress
-        self.rank, self.world = _rank_world()
+        self.rank, self.world = rank_world()
         self.first_step = first_step
         self.total_steps = cfg.steps if total_steps is None else total_steps  # this loop's steps
         self.step = first_step
@@ -407,7 +402,7 @@ class Trainer:
 # --------------------------------------------------------------------------------------------- data
 
 
-class _StepSampler(Sampler[list[int]]):
+class StepSampler(Sampler[list[int]]):
     """Batches of indices for steps start, start+1, ...: epoch e is a permutation seeded by (seed, e), sharded
     over ranks, cut into full batches. Batch s is the same whatever step the iteration starts at."""
 
@@ -436,7 +431,7 @@ def image_batches(data: torch.Tensor | Dataset, batch_size: int, seed: int, flip
     """A ``Batches`` of float images (B, 3, H, W) in [-1, 1] from uint8 images (N, 3, H, W) or a Dataset of
     (uint8 (3, H, W), label); ``batch_size`` is global (divided over ranks). Augmentation, drawn per (seed, step,
     rank): ``flip`` left-right flips, ``rotate`` rotations by k * 90 degrees (square images)."""
-    rank, world = _rank_world()
+    rank, world = rank_world()
     if batch_size % world:
         raise ValueError(f"batch_size={batch_size} is not divisible by the {world} processes")
     local = batch_size // world
@@ -453,7 +448,7 @@ def image_batches(data: torch.Tensor | Dataset, batch_size: int, seed: int, flip
         return to_float(images)
 
     def make(start: int) -> Iterator[torch.Tensor]:
-        sampler = _StepSampler(len(data), local, seed, start, rank, world)
+        sampler = StepSampler(len(data), local, seed, start, rank, world)
         if isinstance(data, torch.Tensor):
             for step, idx in enumerate(sampler, start):
                 yield flip_and_scale(data[idx], step)
@@ -487,7 +482,8 @@ def _check_images_arg(images: Any, name: str, size: int) -> None:
 @torch.no_grad()
 def evaluate_tokenizer(model: SetTokenizer, images: torch.Tensor | Dataset, batch_size: int = 256,
                        limit: int = 0, device: str | torch.device | None = None) -> dict[str, float]:
-    """Validation metrics of ``model`` on uint8 images: mean per-image PSNR (dB), and statistics of the validation
+    """Validation metrics of ``model`` on uint8 images: mean per-image PSNR (dB; ``tokenset.images.psnr`` of the
+    reconstruction quantised by ``to_uint8``, the definition the tables use), and statistics of the validation
     tokens: codebook usage (fraction of codes used by the whole set), entropy (bits) and perplexity of the code
     histogram, distinct codes per image, largest repeat count of one code in an image (means)."""
     was_training = model.training
@@ -504,7 +500,7 @@ def evaluate_tokenizer(model: SetTokenizer, images: torch.Tensor | Dataset, batc
         x = to_float(batch).to(device)
         tokens = model.encode(x)
         recon = model.decode(tokens)
-        psnrs.append(psnr(recon, x).cpu())
+        psnrs.append(psnr(to_uint8(recon), batch, reduction="none"))  # (B,) float64, on uint8 as the tables
         per_image = torch.zeros(tokens.shape[0], model.cfg.codebook_size, dtype=torch.int64, device=tokens.device)
         per_image.scatter_add_(1, tokens, torch.ones_like(tokens))
         counts += per_image.sum(0).double().cpu()
@@ -561,9 +557,13 @@ class _DecoderStep(nn.Module):
         return self.tokenizer.decode_codes(codes)  # in training mode: the tokens in a random order per sample
 
 
-class _DecoderGanTrainer(Trainer):
+class DecoderGanTrainer(Trainer):
     """Stage 2: the decoder alone learns from L2 + disc_weight * hinge generator loss against a PatchGAN that
-    learns from the hinge loss; encoder and quantizer are frozen (tokens are computed without gradients)."""
+    learns from the hinge loss; encoder and quantizer are frozen (tokens are computed without gradients).
+
+    ``fit_tokenizer`` runs it after stage 1; on its own (a decoder fine-tune from a checkpoint, e.g.
+    experiments/tune_discriminator.py): ``DecoderGanTrainer(model, cfg, out_dir, config={}, total_steps=n,
+    first_step=0, stage=2).fit(image_batches(...))`` with the model's non-decoder parameters frozen."""
 
     def __init__(self, model: SetTokenizer, cfg: TrainConfig, out_dir: str | Path, **kw: Any) -> None:
         super().__init__(model, cfg, out_dir, loss_fn=self._unused, params=list(model.decoder.parameters()), **kw)
@@ -618,6 +618,9 @@ class _DecoderGanTrainer(Trainer):
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.disc.load_state_dict(state["disc"])
         self.disc_opt.load_state_dict(state["disc_optimizer"])
+
+
+_DecoderGanTrainer = DecoderGanTrainer  # the name fit_tokenizer's body uses (kept: this change only renames)
 
 
 # --------------------------------------------------------------------------------------------- the recipe
@@ -712,7 +715,7 @@ def fit_tokenizer(
     _check_images_arg(val_images, "val_images", tok_cfg.image_size)
     out_dir = Path(out_dir)
     device = torch.device(device)
-    rank, _ = _rank_world()
+    rank, _ = rank_world()
     config = {"tokenizer": tok_cfg.to_dict(), "train": train_cfg.to_dict(),
               "inputs": {"train_images": fingerprint(train_images), "val_images": fingerprint(val_images)}}
     torch.manual_seed(train_cfg.seed)
@@ -829,7 +832,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         val_data = data_mod.load_arrays(data_cfg, "val")[0]
     metrics = fit_tokenizer(tok_cfg, train_cfg, train_data, val_data, args.out, device=device,
                             resume=not args.fresh)
-    if _rank_world()[0] == 0:
+    if rank_world()[0] == 0:
         atomic.write_text(Path(args.out) / "metrics.json", json.dumps(metrics, indent=1))
         print(json.dumps({k: v for k, v in metrics.items() if k != "config"}, indent=1))
     if dist.is_initialized():
@@ -839,61 +842,3 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 if __name__ == "__main__":
     main()
-
-
-# --------------------------------------------------------------------------------------------- generators
-
-
-def fit_generator(
-    name: str,
-    den_cfg: DenoiserConfig,
-    fsdd_cfg: FSDDConfig,
-    train_cfg: TrainConfig,
-    tokens: torch.Tensor,
-    labels: torch.Tensor,
-    out_dir: str | Path,
-    device: str | torch.device = "cpu",
-    resume: bool = True,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Train generator ``name`` of ``tokenset.generators.GENERATORS`` on the tokens of its frozen tokenizer.
-
-    tokens: (N, M) int64 in [0, C) (e.g. ``generators.encode_cached``); labels: (N,) int64 in [0, num_classes).
-    The generator sees ``generators.model_input(name, tokens)`` (counts for FSDD, sequences for the baselines).
-    The same ``Trainer`` as the tokenizer: AdamW, warm-up + cosine, EMA, atomic resumable checkpoints
-    (out_dir/checkpoint.pt) and a CSV log (out_dir/log.csv); with ``resume`` a checkpoint of the same configuration
-    (the configs and the ``fingerprint`` of tokens and labels) is continued or, finished, reused; one of another
-    configuration is not (the run starts over and prints what differs). Returns the last logged loss, steps, wall
-    time, the resolved config and the trained EMA model ("model", in eval mode).
-    """
-    if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or tokens.shape[1] != den_cfg.total:
-        got = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
-        raise ValueError(f"tokens: expected (N, {den_cfg.total}) int64 codes (M = denoiser total), got {got}")
-    if not isinstance(labels, torch.Tensor) or labels.shape != (tokens.shape[0],) or labels.dtype != torch.int64:
-        got = (labels.dtype, tuple(labels.shape)) if isinstance(labels, torch.Tensor) else type(labels).__name__
-        raise ValueError(f"labels: expected int64 of shape ({tokens.shape[0]},), got {got}")
-    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= den_cfg.num_classes):
-        raise ValueError(f"labels: expected values in [0, {den_cfg.num_classes}) (denoiser num_classes), got "
-                         f"[{int(labels.min())}, {int(labels.max())}]")
-    inputs = generators.model_input(name, tokens, den_cfg.codebook_size)
-    config = {"generator": name, "denoiser": den_cfg.to_dict(), "fsdd": fsdd_cfg.to_dict(),
-              "train": train_cfg.to_dict(), "inputs": {"tokens": fingerprint(tokens), "labels": fingerprint(labels)}}
-    torch.manual_seed(train_cfg.seed)
-    model = generators.build_generator(name, den_cfg)
-    rank, world = _rank_world()
-    if train_cfg.batch_size % world:
-        raise ValueError(f"batch_size={train_cfg.batch_size} is not divisible by the {world} processes")
-
-    def batches(start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for idx in _StepSampler(len(inputs), train_cfg.batch_size // world, train_cfg.seed, start, rank, world):
-            yield inputs[idx], labels[idx]
-
-    trainer = Trainer(model, train_cfg, out_dir, loss_fn=generators.GeneratorLoss(name, den_cfg, fsdd_cfg),
-                      config=config, device=device, progress=progress)
-    last = trainer.fit(batches, resume=resume)
-    if not last.get("loss") and trainer.log_path.is_file():  # resumed a finished run: report its last log row
-        with trainer.log_path.open() as fh:
-            rows = list(csv.DictReader(fh))
-        last = {"loss": float(rows[-1]["loss"])} if rows else {}
-    return {"loss": last.get("loss"), "steps": trainer.step, "wall_time_s": round(trainer.elapsed, 1),
-            "config": config, "model": trainer.ema.eval()}

@@ -11,8 +11,8 @@ adaLN-Zero ``DiTBlock`` (tokenset.denoiser), so a comparison at equal config is 
 Each module has ``training_loss(model, tokens, labels, generator=None) -> dict(loss=...)`` and ``sample(model,
 labels, ..., generator=None) -> tokens (B, M) int64``.
 
-``matching`` is a tokenizer baseline instead (the ablation's matching arms, ``decoder_input`` "hungarian" /
-"chamfer"): a slot generator, Hungarian / Chamfer set losses, and the matching-instability probe.
+``matching`` probes a tokenizer baseline instead: the matching-instability probe of the ablation's matching arms
+(``decoder_input`` "hungarian" / "chamfer", whose slot generator and set losses live in ``tokenset.set_decoders``).
 """
 
 from tokenset.baselines import autoregressive, masked, matching

@@ -1,10 +1,12 @@
-"""Does the stage-2 patch discriminator help at small scale?
+"""Probe: does the stage-2 patch discriminator help at small scale?
 
 From one stage-1 tokenizer checkpoint, fine-tune the decoder for N steps with L2 only (disc_weight 0) and with
 L2 + hinge PatchGAN loss (disc_weight w), with the same data order, and report val PSNR and rFID (Inception) of the
-EMA weights of each arm against the starting point. Prints one JSON object.
+EMA weights of each arm against the starting point. Public API only: ``tokenset.train.DecoderGanTrainer`` (the
+trainer ``fit_tokenizer`` runs as stage 2) and ``image_batches``. Checkpoints go under data/probes/ (not
+committed); the record to results/probes/tune_discriminator.json (committed; rewritten after every arm).
 
-    python benchmarks/tune_discriminator.py --checkpoint data/checkpoints/tokenizer/set/checkpoint.pt \
+    python experiments/tune_discriminator.py --checkpoint data/checkpoints/tokenizer/set/checkpoint.pt \
         --steps 300 --weights 0,0.1
 """
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import time
 
 import torch
@@ -20,8 +23,9 @@ from tokenset import data as data_mod
 from tokenset import metrics
 from tokenset.analysis import reconstruct
 from tokenset.config import load_params
+from tokenset.report import write_json
 from tokenset.tokenizer import SetTokenizer
-from tokenset.train import _DecoderGanTrainer, image_batches
+from tokenset.train import DecoderGanTrainer, image_batches
 
 
 def scores(model: SetTokenizer, val: torch.Tensor, split: str) -> dict[str, float]:
@@ -38,7 +42,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--lr", type=float, default=None, help="default: the params file's train.lr (as fit_tokenizer)")
     parser.add_argument("--weights", default="0,0.1", help="comma-separated disc_weight values (0: L2 only)")
-    parser.add_argument("--out", default="/tmp/tune_discriminator")
+    parser.add_argument("--out", default="data/probes/tune_discriminator", help="checkpoint folders")
+    parser.add_argument("--json", default="results/probes/tune_discriminator.json")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -48,6 +53,9 @@ def main() -> None:
     split = f"{data_cfg.name}-val"
     base = SetTokenizer.from_checkpoint(args.checkpoint)
     result: dict[str, dict[str, float]] = {"stage1": scores(base, val, split)}
+    record = {"command": " ".join(["python", *sys.argv]), "checkpoint": args.checkpoint, "steps": args.steps,
+              "arms": result}
+    write_json(record, args.json)
     print(json.dumps(result), flush=True)
     for weight in (float(w) for w in args.weights.split(",")):
         model = copy.deepcopy(base).train()
@@ -58,11 +66,12 @@ def main() -> None:
                           log_every=args.steps, ckpt_every=10**9, disc_steps=args.steps, disc_weight=weight,
                           max_minutes=0.0)
         start = time.time()
-        trainer = _DecoderGanTrainer(model, cfg, f"{args.out}/w{weight}", config={}, total_steps=args.steps,
-                                     first_step=0, stage=2, progress=False)
+        trainer = DecoderGanTrainer(model, cfg, f"{args.out}/w{weight}", config={}, total_steps=args.steps,
+                                    first_step=0, stage=2, progress=False)
         trainer.fit(image_batches(train, cfg.batch_size, seed=1, flip=cfg.flip), resume=False)
         result[f"disc_weight={weight}"] = {**scores(trainer.ema.eval(), val, split),
                                            "seconds": round(time.time() - start, 1)}
+        write_json(record, args.json)
         print(json.dumps(result), flush=True)
 
 
