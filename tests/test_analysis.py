@@ -54,3 +54,49 @@ def test_write_table_and_json(tmp_path):
     assert text.startswith("Note.") and "|   a | b   |" in text
     path = write_json({"x": torch.tensor(1.5), "inf": float("inf")}, tmp_path / "m.json")
     assert json.loads(path.read_text()) == {"x": 1.5, "inf": "inf"}
+
+
+# --------------------------------------------------------------------------------------------- scoring
+
+
+def test_score_tokenizer_matches_its_parts():
+    images = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    model = SetTokenizer(TokenizerConfig.preset("tiny")).eval()
+    score = analysis.score_tokenizer(model, images, batch_size=4)
+    recon = analysis.reconstruct(model, images)
+    assert torch.equal(score.recon, recon) and score.tokens.shape == (6, model.cfg.num_tokens)
+    assert score.psnr.shape == (6,) and score.ssim.shape == (6,)
+    row = score.row()
+    assert row["val_psnr"] == pytest.approx(float(analysis.metrics.psnr(recon, images)))
+    assert row["images"] == 6 and 0 < row["codebook_usage"] <= 1
+    assert 1 <= row["distinct_per_image"] <= model.cfg.num_tokens
+    baseline = analysis.score_reconstruction(images, images).row()
+    assert baseline["val_ssim"] == pytest.approx(1.0) and "codebook_usage" not in baseline
+
+
+def test_reference_subset_is_fixed_and_without_repeats():
+    images = torch.arange(50).view(50, 1, 1, 1).expand(50, 3, 2, 2).to(torch.uint8)
+    sub, index = analysis.reference_subset(images, 20, seed=0)
+    assert sub.shape[0] == 20 and len(set(index.tolist())) == 20 and torch.equal(sub, images[index])
+    assert torch.equal(index, analysis.reference_subset(images, 20, seed=0)[1])
+    assert torch.equal(analysis.reference_subset(images, 0)[0], images)  # 0: all
+    assert torch.equal(analysis.reference_subset(images, 80)[0], images)
+    with pytest.raises(ValueError, match="non-negative integer"):
+        analysis.reference_subset(images, -1)
+
+
+def test_one_per_class_takes_the_first_of_each():
+    labels = torch.tensor([2, 0, 2, 1, 0])
+    assert analysis.one_per_class(labels, 3).tolist() == [1, 3, 0]
+    assert analysis.one_per_class(labels, 4).tolist() == [1, 3, 0]  # class 3 has no image
+
+
+def test_image_rows_writes_a_png(tmp_path):
+    from tokenset.report import image_rows
+
+    x = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    out = image_rows({"a": x, "b": x}, tmp_path / "rows.png", title="t")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="one shape per row"):
+        image_rows({"a": x, "b": x[:2]}, tmp_path / "bad.png")

@@ -11,6 +11,7 @@ from tokenset.config import (
     SECTIONS,
     DataConfig,
     DenoiserConfig,
+    EvalConfig,
     FSDDConfig,
     SigmaSchedule,
     TokenizerConfig,
@@ -142,3 +143,16 @@ def test_eval_study_samples():
     assert EvalConfig.preset("paper").study_count == 50_000 and "study_samples" not in EvalConfig.preset("paper").to_dict()
     with pytest.raises(ValueError, match="study_samples"):
         EvalConfig.preset("small", study_samples=1)
+
+
+def test_eval_reference_samples_and_tokenizer_seeds():
+    small = EvalConfig.preset("small")
+    assert small.reference_samples == 2000 and small.tokenizer_seeds == (0, 1, 2)
+    paper = EvalConfig.preset("paper")
+    assert "reference_samples" not in paper.to_dict() and paper.tokenizer_seeds == (0,)
+    with pytest.raises(ValueError, match="reference_samples"):
+        EvalConfig.preset("small", reference_samples=1)
+    with pytest.raises(ValueError, match="tokenizer_seeds"):
+        EvalConfig.preset("small", tokenizer_seeds=(0, 0))
+    with pytest.raises(ValueError, match="tokenizer_seeds"):
+        EvalConfig.preset("small", tokenizer_seeds=())

@@ -7,6 +7,7 @@ pip (81 MB) and builds the mapped weights once (about 20 s).
 
 import json
 import math
+from pathlib import Path
 import shutil
 
 import numpy as np
@@ -319,3 +320,16 @@ def test_token_stats_ignore_order_within_a_set(batch):
 def test_token_stats_bad_input(tokens, size, message):
     with pytest.raises(ValueError, match=message):
         token_stats(tokens, size)
+
+
+def test_fid_options_trains_the_dataset_cnn_once_and_needs_its_inputs(tmp_path):
+    cfg = EvalConfig.preset("tiny", dataset_extractor_steps=5)
+    with pytest.raises(ValueError, match="needs train_images, train_labels and work_dir"):
+        metrics.fid_options(cfg)
+    images = smooth_images(12, seed=3)
+    labels = torch.arange(12) % 2
+    options = metrics.fid_options(cfg, images, labels, tmp_path)
+    assert options["extractor"] == "dataset" and Path(options["weights"]).is_file()
+    assert options["kid_subsets"] == cfg.kid_subsets
+    inception = metrics.fid_options(EvalConfig.preset("small"))  # Inception: nothing to train, no inputs needed
+    assert inception["extractor"] == "inception" and "weights" not in inception

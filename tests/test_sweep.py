@@ -15,9 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_cross_grid_is_the_centre_row_and_column_once_each():
     cfg = SweepConfig.preset("small")
     assert cfg.grid == "cross"
-    assert cfg.centre_row() == [(32, 128), (32, 256), (32, 512), (32, 1024)]
-    assert cfg.centre_column() == [(16, 512), (32, 512), (64, 512)]
-    assert cfg.points() == [(16, 512), (32, 128), (32, 256), (32, 512), (32, 1024), (64, 512)]
+    assert cfg.centre_row() == [(64, 256), (64, 512), (64, 1024)]
+    assert cfg.centre_column() == [(16, 1024), (32, 1024), (64, 1024)]
+    assert cfg.points() == [(16, 1024), (32, 1024), (64, 256), (64, 512), (64, 1024)]
     assert len(cfg.points()) == len(cfg.num_tokens) + len(cfg.codebook_sizes) - 1  # the centre point is shared
 
 
@@ -75,7 +75,10 @@ def test_smoke_params_and_presets():
     assert isinstance(smoke.num_tokens, tuple) and isinstance(smoke.codebook_sizes, tuple)
     small = SweepConfig.preset("small")
     assert (small.num_tokens, small.codebook_sizes, small.centre_tokens, small.centre_codebook, small.grid,
-            small.steps) == ((16, 32, 64), (128, 256, 512, 1024), 32, 512, "cross", AblationConfig.preset("small").steps)
+            small.steps) == ((16, 32, 64), (256, 512, 1024), 64, 1024, "cross", AblationConfig.preset("small").steps)
+    # the centre point is the small tokenizer itself (the ablation's set arm, whose run the sweep reuses)
+    tok_small = TokenizerConfig.preset("small")
+    assert (small.centre_tokens, small.centre_codebook) == (tok_small.num_tokens, tok_small.codebook_size)
     gen = TrainConfig.preset("small", steps=300)
     assert small.fsdd_steps >= 1 and small.fsdd_train(gen) == gen.replace(steps=small.fsdd_steps)
     with pytest.raises(ValueError, match="fsdd_steps is 0"):
@@ -92,9 +95,9 @@ def test_yaml_overrides_and_to_dict_round_trip(tmp_path):
     path.write_text(yaml.safe_dump({"sweep": {"preset": "small", "grid": "full", "steps": 7}}))
     cfg = load_params(path, "sweep")
     assert cfg.grid == "full" and cfg.steps == 7 and cfg.num_tokens == (16, 32, 64)
-    assert len(cfg.points()) == 12
+    assert len(cfg.points()) == 9
     d = cfg.to_dict()
-    assert d["num_tokens"] == [16, 32, 64] and d["codebook_sizes"] == [128, 256, 512, 1024]
+    assert d["num_tokens"] == [16, 32, 64] and d["codebook_sizes"] == [256, 512, 1024]
     assert yaml.safe_load(yaml.safe_dump(d)) == d  # plain values
     assert from_mapping(SweepConfig, d, where="test") == cfg
 

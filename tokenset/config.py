@@ -145,12 +145,12 @@ class TokenizerConfig(Section):
             image_size=16, patch_size=4, width=32, depth=1, heads=2, decoder_width=32, decoder_depth=1,
             decoder_heads=2, num_tokens=8, codebook_size=32, token_dim=8, pixel_head="linear",
         ),
-        # patch 8 (a 4 x 4 grid): a training step costs 267 ms against 457 at patch 4 (results/bench/tokenizer.md).
-        # With train.steps 2000 + 150 stage-2 steps `make repro` 2026-11-29 gave val PSNR 20.81 dB (ordered control
-        # 21.15) in 572 s (results/tokenizer/metrics.json); a per-image mean colour scores 20.47 dB (README, "Patch 8")
+        # Fashion-MNIST (#15): 64 tokens of 1024 codes (640 bits; a 8 x 8 grey thumbnail is 512). Patch 8 (a 4 x 4 grid):
+        # patch 4 was no better at equal steps (15.54 vs 15.71 dB at step 500) and 1.5x slower per step
+        # (results/probes/tune_tokenizer/killed_m64c1024_qw_900_patch4_log.csv vs m64c1024_qw_900.json's log)
         "small": dict(
             image_size=32, patch_size=8, width=128, depth=3, heads=4, decoder_width=128, decoder_depth=3,
-            decoder_heads=4, num_tokens=32, codebook_size=512, token_dim=12, pixel_head="conv",
+            decoder_heads=4, num_tokens=64, codebook_size=1024, token_dim=12, pixel_head="conv",
         ),
         "paper": dict(
             image_size=256, patch_size=16, width=768, depth=12, heads=12, decoder_width=768, decoder_depth=12,
@@ -210,17 +210,13 @@ class TrainConfig(Section):
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(steps=20, batch_size=16, lr=1e-3, warmup_steps=2, log_every=5, ckpt_every=10),
-        # stage 2 = 300 decoder-only steps with L2 alone: from the 1500-step set tokenizer (patch 4) it moved val PSNR
-        # 20.27 -> 20.58 dB and rFID 234.3 -> 226.3, while disc_weight 0.1 fell to 14.39 dB / rFID 350.5 (`python
-        # experiments/tune_discriminator.py --checkpoint data/checkpoints/tokenizer/set/checkpoint.pt --steps 300
-        # --weights 0,0.1`, 2026-11-29). 2000 stage-1 steps at patch 8: the plateau ends anywhere from ~600 to ~1000
-        # steps; 1500 left a run that left it late at 19.5 dB, 2200 gave 21.13 dB, 1800 collapsed to 2% codebook usage
-        # at step 400 (15.6 dB at step 500; stopped); 2000 fits `make repro` into 45 minutes (README "Patch 8").
-        # ema_decay 0.995: the EMA's (1 + n) / (10 + n) warm-up reaches it after ~1800 updates. Stage 2 at 150
-        # steps: 300 took the 2000-step set tokenizer from 20.75 to 20.88 dB (results/bench/tokenizer_2000_log_set.csv)
-        # and 150 fit the 45-minute budget
-        "small": dict(steps=2000, batch_size=32, lr=1e-3, warmup_steps=100, log_every=100, ckpt_every=500,
-                      max_minutes=0.0, ema_decay=0.995, disc_steps=150, disc_weight=0.0),
+        # Fashion-MNIST (#15): 900 steps (~6 minutes on 2 cores), the quantizer bypassed for the first 90, no stage 2.
+        # One-thread probe of exactly this recipe: val PSNR 17.10 dB on the 10k test images (EMA; raw 17.13), usage
+        # 97% (results/probes/tune_tokenizer/m64c1024_qw_900.json). A 2000-step schedule was at 18.48 dB at step 1000
+        # and still climbing (killed_m64c1024_qw_log.csv): more steps buy quality, at ~0.4 s each
+        "small": dict(steps=900, batch_size=32, lr=1e-3, warmup_steps=100, log_every=100, ckpt_every=300,
+                      max_minutes=0.0, ema_decay=0.995, disc_steps=0, disc_weight=0.0, quantizer_warmup=0.1,
+                      val_limit=500),
         "paper": dict(steps=1_000_000, batch_size=256, lr=1e-4, warmup_steps=10_000, log_every=500,
                       ckpt_every=5000, num_workers=8, amp=True),
     }
@@ -381,11 +377,10 @@ class AblationConfig(Section):
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(arms=ABLATION_ARMS, steps=15, psnr_threshold=10.0, probe_images=16),
-        # 100 steps x 6 arms: what fits `make repro` into 45 minutes. At this budget every arm is still before or
-        # on the tokenizers' plateau (~18 dB), so the table ranks how fast the arms start, not where they end: a
-        # verdict needs ~1500 steps and several seeds (README, "Ablation"). 16 dB: the set tokenizer passed it
-        # between steps 100 and 200 in the 2026-11-29 runs (with 100 warm-up steps; study runs warm up for 25)
-        "small": dict(arms=ABLATION_ARMS, steps=100, psnr_threshold=16.0, probe_images=64),
+        # 100 steps x 6 arms, one seed: a screen of how fast each arm starts, not a verdict (README, "Studies"; the
+        # verdicts issue gives them seeds and a budget past the plateau). 12 dB: the Fashion-MNIST set tokenizer's
+        # val PSNR at step 100 of the recipe probes (results/probes/tune_tokenizer/, 12.55-12.82 dB)
+        "small": dict(arms=ABLATION_ARMS, steps=100, psnr_threshold=12.0, probe_images=64),
     }
 
     def __post_init__(self) -> None:
@@ -433,12 +428,12 @@ class SweepConfig(Section):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(num_tokens=(4, 8), codebook_sizes=(16, 32), centre_tokens=8, centre_codebook=32, grid="cross",
                      steps=10, fsdd_steps=5),
-        # cross = 6 points of 100 steps (the ablation's budget; the centre point is the ablation's `set` arm, reused);
-        # M = 64 costs more per step than M = 32. Like the ablation, a screen of early training, not of capacity
-        # (README, "Sweep"). FSDD on the centre row: 20 steps each (the generators get 300), as its cost grows with C
-        # (results/bench/denoiser.md), scored on eval.study_samples
-        "small": dict(num_tokens=(16, 32, 64), codebook_sizes=(128, 256, 512, 1024), centre_tokens=32,
-                      centre_codebook=512, grid="cross", steps=100, fsdd_steps=20),
+        # cross = 5 points of 100 steps around the `small` tokenizer (M = 64, C = 1024: the ablation's `set` arm, whose
+        # run is reused). Like the ablation, a screen of early training, not of capacity (README, "Studies"). FSDD on
+        # the centre row: 20 steps each (the generators get 300), as its cost grows with C (results/bench/denoiser.md),
+        # scored on eval.study_samples
+        "small": dict(num_tokens=(16, 32, 64), codebook_sizes=(256, 512, 1024), centre_tokens=64,
+                      centre_codebook=1024, grid="cross", steps=100, fsdd_steps=20),
     }
 
     def __post_init__(self) -> None:

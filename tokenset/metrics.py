@@ -375,7 +375,7 @@ def fid_options(cfg: EvalConfig, train_images: torch.Tensor | None = None, train
                 work_dir: str | Path | None = None) -> dict[str, Any]:
     """Every stage's ``fid_kid`` keyword arguments (add ``real_split`` and ``seed``): ``fid_kid_options(cfg)`` and,
     for ``extractor: dataset`` (smoke runs), the weights of the small CNN trained on ``train_images`` /
-    ``train_labels`` at ``<work_dir>/extractor.pt`` (trained once: an existing file of the same run is reused)."""
+    ``train_labels``, written to ``<work_dir>/extractor.pt`` (seeded: every stage trains the same CNN)."""
     options = fid_kid_options(cfg)
     if cfg.extractor == "dataset":
         if train_images is None or train_labels is None or work_dir is None:

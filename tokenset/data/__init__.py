@@ -61,6 +61,7 @@ from tokenset.data.datasets import (ArrayDataset, class_names, load_arrays, load
 from tokenset.data.debian import extract_deb, fetch_deb
 from tokenset.data.fashion import FASHION_CLASSES, FASHION_DIR, FASHION_PACKAGE, read_idx
 from tokenset.data.imagefolder import IMAGE_EXTENSIONS, ImageFolderDataset, check_images
+from tokenset.data.shapes import SHAPES, drawn_shapes
 from tokenset.data.prepared import FORMAT_VERSION, SPLITS, DataError, Split, stratified_split
 from tokenset.data.transforms import adm_center_crop, composite_on_black, fit_size, random_hflip, to_rgb
 from tokenset.images import to_float, to_uint8
@@ -71,5 +72,5 @@ __all__ = [
     "FORMAT_VERSION", "stratified_split", "to_float", "to_uint8", "fit_size", "random_hflip", "composite_on_black",
     "adm_center_crop", "to_rgb", "fetch_deb", "extract_deb", "TILE", "GRID_MIN_ALIGNMENT", "CRAWL_PACKAGE",
     "CRAWL_TILES_DIR", "grid_alignment", "slice_sheet", "tiles_from_sheets", "read_crawl_sheets", "FASHION_PACKAGE",
-    "FASHION_DIR", "FASHION_CLASSES", "read_idx", "IMAGE_EXTENSIONS", "check_images",
+    "FASHION_DIR", "FASHION_CLASSES", "read_idx", "IMAGE_EXTENSIONS", "check_images", "SHAPES", "drawn_shapes",
 ]

@@ -1,0 +1,48 @@
+"""tokenset.stats: ddof-1 summaries, t intervals over seeds, bootstrap intervals over images."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from tokenset.stats import bootstrap_mean_ci, paired_difference, summarize
+
+
+def test_summarize_is_ddof1_with_a_t_interval():
+    s = summarize([1.0, 2.0, 3.0])
+    assert s["mean"] == 2.0 and s["std"] == pytest.approx(1.0) and s["n"] == 3
+    half = 4.302652729911275 * 1.0 / math.sqrt(3)  # t(0.975, 2)
+    assert s["ci_low"] == pytest.approx(2.0 - half) and s["ci_high"] == pytest.approx(2.0 + half)
+
+
+def test_one_run_has_no_interval():
+    s = summarize([5.0])
+    assert s["mean"] == 5.0 and math.isnan(s["std"]) and math.isnan(s["ci_low"]) and math.isnan(s["ci_high"])
+
+
+def test_t_interval_covers_the_mean_about_95_percent():
+    rng = np.random.default_rng(0)
+    hits = sum(s["ci_low"] <= 0.0 <= s["ci_high"] for s in (summarize(rng.normal(size=3)) for _ in range(2000)))
+    assert 0.93 < hits / 2000 < 0.97  # binomial sd ~0.005 at 2000 draws
+
+
+def test_paired_difference_pairs_by_position():
+    d = paired_difference([10.0, 11.0, 12.0], [9.0, 10.5, 11.0])
+    assert d["mean"] == pytest.approx(np.mean([1.0, 0.5, 1.0])) and d["ci_low"] > 0
+    with pytest.raises(ValueError, match="same length"):
+        paired_difference([1.0, 2.0], [1.0])
+
+
+def test_bootstrap_interval_brackets_the_mean_and_is_deterministic():
+    v = np.random.default_rng(1).normal(20.0, 2.0, size=500)
+    lo, hi = bootstrap_mean_ci(v, seed=3)
+    assert lo < v.mean() < hi and hi - lo < 0.6  # ~4 standard errors of 0.09
+    assert (lo, hi) == bootstrap_mean_ci(v, seed=3)
+
+
+@pytest.mark.parametrize("bad, match", [([], "at least one value"), ([1.0, float("nan")], "finite")])
+def test_bad_values(bad, match):
+    with pytest.raises(ValueError, match=match):
+        summarize(bad)
