@@ -366,7 +366,7 @@ def test_fast_posterior_equals_the_materialised_reference(guidance, top_p, first
     lc[:, ::2, 0] += 6.0  # half the positions peaked (single-class nucleus), half spread
     lu[:, ::3, 1] += 5.0
     cond, uncond = (None if guidance == 0.0 else lc), (None if guidance == 1.0 else lu)
-    posterior = fsdd_module._ModelPosterior(cond, uncond, guidance, torch.empty(batch, size, total + 1))
+    posterior = fsdd_module._ModelPosterior(cond, uncond, guidance)
     fast = posterior.draw(top_p, torch.rand(batch, size, generator=gen(11)))
     reference_probs = classifier_free_guidance(lc, lu, guidance)
     reference = top_p_sample(reference_probs, top_p, gen(11))  # the same uniforms

@@ -46,8 +46,9 @@ Classifier-free guidance uses the null label ``num_classes`` (CountDiT's extra l
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -85,6 +86,31 @@ the truncated mass is at most (M + 1) * exp(-32) (1.6e-12 at M = 128) of the tot
 _WINDOW_TIERS = (2, 6, 24)  # window half-widths tried in turn; wider windows get the full support 0..M
 _CHUNK_ELEMENTS = 1 << 21  # elements of (positions, M + 1) processed per chunk of the model posterior
 _NUCLEUS_FIRST = 8  # classes looked at (topk) before sorting a position's whole distribution for top-p
+
+
+_F = TypeVar("_F", bound=Callable)
+
+
+def _one_thread(fn: _F) -> _F:
+    """Run fn with one intra-op thread (restored afterwards), for this module's own work.
+
+    Its operations are many and small ((B, C) vectors, row chunks): with several intra-op threads each one ends
+    on a barrier, which waits a whole scheduler slice whenever another process holds a core. Measured with
+    benchmarks/bench_fsdd.py (results/bench/fsdd.md): one thread is several times faster than two as soon as
+    the cores are shared, and the official code's work is what loses most from it. The model is not affected
+    (it is called outside: FSDD.sample calls it before each step's own work).
+    """
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        before = torch.get_num_threads()
+        if before == 1:
+            return fn(*args, **kwargs)
+        torch.set_num_threads(1)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(before)
+    return wrapper  # type: ignore[return-value]
 
 
 # ============================================================================================ input checks
@@ -325,6 +351,7 @@ class _GaussianKernel:
             return log_z, None
         return log_z, nearest.long() + (_inverse_cdf(w, u) - width)
 
+    @_one_thread
     def evaluate(self, u: Tensor | None = None) -> Tensor | None:
         """Compute log Z for every position; with uniforms u (B, C) also draw z ~ p (returned (B, C) int64).
 
@@ -365,16 +392,16 @@ class _GaussianKernel:
         self.log_z = log_z.view_as(self.mean)
         return out.view_as(self.mean) if out is not None else None
 
-    def prob_at(self, k: Tensor, rows: Tensor | None = None) -> Tensor:
-        """p(k) at integer k: (R, C) int64 for the batch rows `rows` (all rows if None). Returns (R, C) float."""
+    def prob_at(self, k: Tensor) -> Tensor:
+        """p(k) at integer k: (B, C) int64. Returns (B, C) float."""
         if self.log_z is None:
             self.evaluate()
-        sel = (lambda x: x) if rows is None else (lambda x: x.index_select(0, rows))
-        lw = _log_weight(k.to(self.mean.dtype), sel(self.mean), sel(self.nearest), sel(self.nhp))
-        p = lw.sub_(sel(self.log_z)).exp_()
+        lw = _log_weight(k.to(self.mean.dtype), self.mean, self.nearest, self.nhp)
+        p = lw.sub_(self.log_z).exp_()
         return p.masked_fill_((k < 0) | (k > self.total), 0.0)
 
 
+@_one_thread
 def sample_discretised_gaussian(mean: Tensor, sigma: Tensor, total: int,
                                 generator: torch.Generator | None = None) -> Tensor:
     """Draw z ~ discretised_gaussian(mean, sigma, total) at every position independently (no sum constraint).
@@ -416,49 +443,44 @@ def _top_r_mask(gain: Tensor, movable: Tensor, r: Tensor, tiebreak: Tensor) -> T
     return torch.zeros_like(movable).scatter_(1, top, take)
 
 
-def _greedy_rounds(z: Tensor, prob_at: Callable[[Tensor, Tensor | None], Tensor], total: int,
-                   random_ties: bool, generator: torch.Generator | None) -> Tensor:
-    """Greedy adjustment in rounds (module docstring). z: (B, C) int64 in [0, total]; prob_at(k, rows) -> p(k).
+@_one_thread
+def _greedy_rounds(z: Tensor, prob_at: Callable[[Tensor], Tensor], total: int, random_ties: bool,
+                   generator: torch.Generator | None) -> Tensor:
+    """Greedy adjustment in rounds (module docstring). z: (B, C) int64 in [0, total]; prob_at(k (B, C)) -> p(k).
 
     Each round moves min(|d|, #movable) distinct positions of every unfinished row by one unit towards the sum,
     the movable positions with the largest gains p(z +- 1) - p(z) first. A deficit row can move every position
     (its sum is below total, so no entry is at total); an excess row has a non-zero entry; so each round moves
     at least one unit and the loop ends: within ceil(|d| / C) rounds for a deficit, total + 1 for an excess.
+    Every round works on all B rows (finished rows move r = 0 positions): almost always one round does it all,
+    and whole-batch operations beat gathering and scattering the unfinished rows.
     """
-    z = z.clone()
-    batch, size = z.shape
     deficit = total - z.sum(1)  # (B,)
-    rows = (deficit != 0).nonzero().squeeze(1)
-    index_desc = (size - 1 - torch.arange(size, device=z.device))[None, :]  # tiebreak: lowest index first
-    while rows.numel():
-        all_rows = rows.numel() == batch
-        sel = None if all_rows else rows
-        zr = z if all_rows else z.index_select(0, rows)
-        d = deficit.index_select(0, rows)
-        step = d.sign()[:, None]  # +1: deficit, -1: excess
-        target = zr + step
-        movable = (target >= 0) & (target <= total)
+    if not bool(deficit.any()):
+        return z.clone()
+    size = z.shape[1]
+    while True:
+        step = deficit.sign()[:, None]  # (B, 1): +1 deficit, -1 excess, 0 done
+        target = z + step
+        movable = (target >= 0) & (target <= total) & (step != 0)
         n_movable = movable.sum(1)
-        r = torch.minimum(d.abs(), n_movable)
+        r = torch.minimum(deficit.abs(), n_movable)  # (B,)
         if bool((r == n_movable).all()):
             chosen = movable
         else:
-            gain = prob_at(target, sel) - prob_at(zr, sel)
+            gain = prob_at(target).sub_(prob_at(z))
             if random_ties:
-                tiebreak = torch.randint(0, 1 << 31, zr.shape, generator=generator, device=z.device)
-            else:
-                tiebreak = index_desc.expand_as(zr)
+                tiebreak = torch.randint(0, 1 << 31, z.shape, generator=generator, device=z.device)
+            else:  # lowest index first
+                tiebreak = (size - 1 - torch.arange(size, device=z.device)).expand_as(z)
             chosen = _top_r_mask(gain, movable, r, tiebreak)
-        zr = zr + step * chosen
-        if all_rows:
-            z = zr
-        else:
-            z.index_copy_(0, rows, zr)
-        deficit.index_copy_(0, rows, d - step[:, 0] * r)
-        rows = rows[deficit.index_select(0, rows) != 0]
-    return z
+        z = z + step * chosen
+        deficit = deficit - step[:, 0] * r
+        if not bool(deficit.any()):
+            return z
 
 
+@_one_thread
 def greedy_adjust(z: Tensor, probs: Tensor, total: int, *, random_ties: bool = False,
                   generator: torch.Generator | None = None) -> Tensor:
     """Greedy adjustment (paper section 3): restore every row's sum to exactly ``total`` by +-1 moves.
@@ -478,18 +500,19 @@ def greedy_adjust(z: Tensor, probs: Tensor, total: int, *, random_ties: bool = F
     if probs.shape != (*z.shape, total + 1):
         raise ValueError(f"probs must have shape {(*z.shape, total + 1)} (z's shape, total + 1 classes), "
                          f"got {tuple(probs.shape)}")
-    if not bool(torch.isfinite(probs).all()) or (probs.numel() and float(probs.min()) < 0):
-        raise ValueError("probs must be finite and non-negative")
-    cols = torch.arange(z.shape[1], device=z.device)[None, :]
+    if probs.numel():  # one pass: min and max propagate NaN, so min >= 0 and max < inf leave only finite values
+        low, high = torch.aminmax(probs)
+        if not (float(low) >= 0 and float(high) < math.inf):
+            raise ValueError(f"probs must be finite and non-negative, got values in [{float(low)}, {float(high)}]")
 
-    def prob_at(k: Tensor, rows: Tensor | None) -> Tensor:
-        r = torch.arange(z.shape[0], device=z.device) if rows is None else rows
-        p = probs[r[:, None], cols, k.clamp(0, total)]
-        return torch.where((k >= 0) & (k <= total), p, torch.zeros_like(p))
+    def prob_at(k: Tensor) -> Tensor:
+        p = probs.gather(2, k.clamp(0, total)[..., None]).squeeze(2)  # (B, C): no (B, C) row/column indices
+        return p.masked_fill_((k < 0) | (k > total), 0.0)
 
     return _greedy_rounds(z, prob_at, total, random_ties, generator)
 
 
+@_one_thread
 def greedy_adjust_gaussian(z: Tensor, mean: Tensor, sigma: Tensor, total: int, *, random_ties: bool = False,
                            generator: torch.Generator | None = None) -> Tensor:
     """``greedy_adjust(z, discretised_gaussian(mean, sigma, total), total)`` without the (B, C, total + 1) tensor.
@@ -545,6 +568,9 @@ def _nucleus_draw(probs: Tensor, u: Tensor, top_p: float) -> Tensor:
     if first < k:
         values, order = probs.topk(first, dim=-1, sorted=True)
         inside = values.cumsum(-1)[:, -1] >= top_p  # the same sum as the sorted cumulative mass
+        if bool(inside.all()):  # no row needs its whole distribution sorted: no copies
+            j = _inverse_cdf(_nucleus_weights(values, top_p), u)
+            return order.gather(1, j[:, None]).squeeze(1)
         rows = inside.nonzero().squeeze(1)
         if rows.numel():
             j = _inverse_cdf(_nucleus_weights(values[rows], top_p), u[rows])
@@ -609,73 +635,78 @@ def _check_finite_probs(p_max: Tensor) -> None:
 class _ModelPosterior:
     """p(x1 | z_t) at every position from the model's logits, optionally guided (classifier_free_guidance).
 
-    ``draw`` writes the (guided) probabilities chunk by chunk into ``probs`` (a (B, C, K) float32 buffer the
-    sampler allocates once and reuses every step: fresh large tensors cost page faults) and samples x1_hat with
-    exact top-p; ``prob_at`` then gathers p(k) at any integer k for greedy adjustment.
+    Nothing of size (B, C, K) is written. ``draw`` normalises the logits chunk by chunk in a small scratch buffer,
+    samples x1_hat with exact top-p, and keeps per position only what ``prob_at`` needs to give p(k) at any
+    integer k in closed form from one gather of the logits: the log-normaliser of each softmax (read off its
+    largest probability p_j: log Z = logit_j - log p_j) and, when guiding, the sum of the clamped mix.
     logits_cond / logits_uncond: (B, C, K) float or None (guidance 1: uncond None; guidance 0: cond None).
     """
 
-    def __init__(self, logits_cond: Tensor | None, logits_uncond: Tensor | None, guidance: float,
-                 probs: Tensor) -> None:
-        self.cond, self.uncond, self.g = logits_cond, logits_uncond, guidance
+    def __init__(self, logits_cond: Tensor | None, logits_uncond: Tensor | None, guidance: float) -> None:
         self.mixed = logits_cond is not None and logits_uncond is not None
-        self.probs = probs  # (B, C, K) float32, filled by draw()
-        self.mix_sum: Tensor | None = None  # (B * C,) sums of the clamped guided mix (None: probs normalised)
+        self.first = logits_cond if logits_cond is not None else logits_uncond  # (B, C, K)
+        self.second = logits_uncond if self.mixed else None  # (B, C, K) or None
+        self.g = guidance
+        self.log_z: list[Tensor] = []  # (B * C,) per softmax (first, second), set by draw()
+        self.mix_sum: Tensor | None = None  # (B * C,) sums of the clamped guided mix (None: unguided)
 
+    @_one_thread
     def draw(self, top_p: float, u: Tensor) -> Tensor:
         """x1_hat ~ top-p of p(x1 | z_t) at every position (same as top_p_sample on the materialised probs,
         the same uniforms u (B, C) giving the same draw up to float rounding). Returns (B, C) int64."""
-        batch, size, k = self.probs.shape
-        n = batch * size
-        first = (self.cond if self.cond is not None else self.uncond).reshape(n, k)
-        second = self.uncond.reshape(n, k) if self.mixed else None
-        probs = self.probs.view(n, k)
+        batch, size, k = self.first.shape
+        n, device = batch * size, self.first.device
+        logits = [x.reshape(n, k) for x in (self.first, self.second) if x is not None]
         u = u.reshape(n)
-        out = torch.empty(n, dtype=torch.int64, device=probs.device)
+        out = torch.empty(n, dtype=torch.int64, device=device)
         chunk = max(1, _CHUNK_ELEMENTS // k)
-        scratch = torch.empty(min(chunk, n), k, device=probs.device) if self.mixed else None
-        if self.mixed:
-            self.mix_sum = torch.empty(n, device=probs.device)
+        scratch = [torch.empty(min(chunk, n), k, device=device) for _ in logits]
+        self.log_z = [torch.empty(n, device=device) for _ in logits]
+        self.mix_sum = torch.empty(n, device=device) if self.mixed else None
         for s in range(0, n, chunk):
             e = min(n, s + chunk)
-            q = _softmax_into(first[s:e], probs[s:e])
+            parts = []
+            for x, buf, log_z in zip(logits, scratch, self.log_z):
+                q = _softmax_into(x[s:e], buf[: e - s])
+                top, arg = q.max(-1)  # NaN anywhere in a row (NaN or +inf logits, all -inf) makes its max NaN
+                _check_finite_probs(top)
+                log_z[s:e] = x[s:e].gather(1, arg[:, None]).squeeze(1).float() - top.log()
+                parts.append(q)
+            q, total = parts[0], None
             if self.mixed:
-                p_u = _softmax_into(second[s:e], scratch[: e - s])
-                _check_finite_probs(p_u[:, 0])
-                torch.lerp(p_u, q, self.g, out=q).clamp_(min=0)  # p_u + g (p_c - p_u), clamped
+                torch.lerp(parts[1], q, self.g, out=q).clamp_(min=0)  # p_u + g (p_c - p_u), clamped
                 total = q.sum(-1)
                 self.mix_sum[s:e] = total
-            else:
-                total = None  # q is normalised
+                top, arg = q.max(-1)
             if top_p >= 1.0:
-                _check_finite_probs(q[:, 0])
                 out[s:e] = _inverse_cdf(q, u[s:e])
                 continue
-            q_max = q.amax(-1)
-            _check_finite_probs(q_max)
-            single = q_max >= top_p if total is None else q_max >= top_p * total  # the nucleus is the top class
-            # argmax (first maximal class) where it is needed; class 0 (the most common count) checked first
-            arg = torch.where(q[:, 0] == q_max, 0, -1)
-            other = (single & (arg < 0)).nonzero().squeeze(1)
-            if other.numel():
-                arg[other] = q.index_select(0, other).argmax(-1)
-            out[s:e] = arg
+            single = top >= top_p if total is None else top >= top_p * total  # the nucleus is the top class
+            out[s:e] = arg  # the first maximal class, as in the stable sort
+            if bool(single.all()):
+                continue
             rest = (~single).nonzero().squeeze(1)
-            if rest.numel():
-                p = q.index_select(0, rest)
-                if total is not None:
-                    p /= total.index_select(0, rest)[:, None]
-                out[s + rest] = _nucleus_draw(p, u[s:e].index_select(0, rest), top_p)
+            if rest.numel() == e - s:  # every row: no copies
+                p, u_rest = q, u[s:e]
+            else:
+                p, u_rest = q.index_select(0, rest), u[s:e].index_select(0, rest)
+            if total is not None:
+                p.div_(total.index_select(0, rest)[:, None])
+            out[s + rest] = _nucleus_draw(p, u_rest, top_p)
         return out.view(batch, size)
 
-    def prob_at(self, k: Tensor, rows: Tensor | None = None) -> Tensor:
-        """p(x1 = k) for integer k: (R, C) int64 at batch rows `rows` (all if None). Returns (R, C) float32."""
-        batch, size, classes = self.probs.shape
-        r = torch.arange(batch, device=k.device) if rows is None else rows
-        cols = torch.arange(size, device=k.device)[None, :]
-        p = self.probs[r[:, None], cols, k.clamp(0, classes - 1)]
-        if self.mix_sum is not None:
-            p = p / self.mix_sum.view(batch, size)[r]
+    def prob_at(self, k: Tensor) -> Tensor:
+        """p(x1 = k) for integer k: (B, C) int64. Returns (B, C) float32."""
+        batch, size, classes = self.first.shape
+        index = k.clamp(0, classes - 1)[..., None]
+
+        def softmax_at(logits: Tensor, log_z: Tensor) -> Tensor:
+            return logits.gather(2, index).squeeze(2).float().sub_(log_z.view(batch, size)).exp_()
+
+        p = softmax_at(self.first, self.log_z[0])
+        if self.mixed:
+            p = torch.lerp(softmax_at(self.second, self.log_z[1]), p, self.g).clamp_(min=0)
+            p.div_(self.mix_sum.view(batch, size))
         return p.masked_fill_((k < 0) | (k >= classes), 0.0)
 
 
@@ -810,6 +841,7 @@ class FSDD:
         sigma = (x1f - x0f).abs_().mul_(0.25 * f).add_(SIGMA_EPS)
         return self._kernel_step(mean, sigma, generator)
 
+    @_one_thread
     def _kernel_step(self, mean: Tensor, sigma: Tensor, generator: torch.Generator | None) -> Tensor:
         """Discretise, sample, greedy-adjust: mean, sigma (B, C) float32 -> z (B, C) int64 summing to M."""
         kernel = _GaussianKernel(mean, sigma, self.total)
@@ -840,16 +872,15 @@ class FSDD:
 
     # ---------------------------------------------------------------------------------------- sampler
 
-    def _posterior(self, model: Model, z: Tensor, t: Tensor, labels: Tensor, guidance: float,
-                   probs: Tensor) -> _ModelPosterior:
-        """Call the model (once; on 2B rows [labels; null label] when guiding) -> p(x1 | z_t) into probs."""
+    def _posterior(self, model: Model, z: Tensor, t: Tensor, labels: Tensor, guidance: float) -> _ModelPosterior:
+        """Call the model (once; on 2B rows [labels; null label] when guiding) -> p(x1 | z_t)."""
         if guidance == 1.0:
-            return _ModelPosterior(self._logits(model, z, t, labels), None, 1.0, probs)
+            return _ModelPosterior(self._logits(model, z, t, labels), None, 1.0)
         null = torch.full_like(labels, self.null_label)
         if guidance == 0.0:
-            return _ModelPosterior(None, self._logits(model, z, t, null), 0.0, probs)
+            return _ModelPosterior(None, self._logits(model, z, t, null), 0.0)
         both = self._logits(model, torch.cat([z, z]), torch.cat([t, t]), torch.cat([labels, null]))
-        return _ModelPosterior(both[: z.shape[0]], both[z.shape[0]:], guidance, probs)
+        return _ModelPosterior(both[: z.shape[0]], both[z.shape[0]:], guidance)
 
     @torch.no_grad()
     def sample(self, model: Model, labels: Tensor, steps: int = 25, top_p: float = 0.8, guidance: float = 1.0,
@@ -881,25 +912,31 @@ class FSDD:
             raise ValueError("guidance != 1 needs the null label: construct FSDD with num_classes or null_label")
         if not isinstance(sigma_schedule, SigmaSchedule):
             raise TypeError(f"sigma_schedule must be a SigmaSchedule, got {sigma_schedule!r}")
-        batch, device, total = labels.shape[0], labels.device, self.total
-        z = fixed_sum_noise(batch, self.codebook_size, total, generator, self.noise, device)
+        batch, device = labels.shape[0], labels.device
+        z = fixed_sum_noise(batch, self.codebook_size, self.total, generator, self.noise, device)
         states = [z] if return_trajectory else None
-        probs = torch.empty(batch, self.codebook_size, total + 1, device=device)  # reused by every step
         for i in range(steps):
             t, t_next = i / steps, (i + 1) / steps
-            posterior = self._posterior(model, z, torch.full((batch,), t, device=device), labels, guidance, probs)
-            u = torch.rand(z.shape, generator=generator, device=device)
-            x1_hat = posterior.draw(top_p, u)
-            x1_hat = _greedy_rounds(x1_hat, posterior.prob_at, total, True, generator)
-            _check_on_simplex(x1_hat, total, f"x1_hat at step {i}")
-            del posterior
-            x1f = x1_hat.float()
-            x0_hat = (z.float() - t * x1f) / (1.0 - t)
-            mean = t_next * x1f + (1.0 - t_next) * x0_hat
+            posterior = self._posterior(model, z, torch.full((batch,), t, device=device), labels, guidance)
             f = sigma_scale(sigma_schedule, t_next, self.sigmoid_steepness, self.sigmoid_midpoint)
-            sigma = (x0_hat - x1f).abs_().mul_(0.25 * f).add_(SIGMA_EPS)
-            z = self._kernel_step(mean, sigma, generator)
-            _check_on_simplex(z, total, f"z_t at t = {t_next:.4g}")
+            x1_hat, z = self._step(posterior, z, t, t_next, top_p, f, generator)
             if states is not None:
                 states += [x1_hat, z]
         return (z, states) if states is not None else z
+
+    @_one_thread
+    def _step(self, posterior: _ModelPosterior, z: Tensor, t: float, t_next: float, top_p: float, f: float,
+              generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """The sampler's own work in one step, after the model call (see sample): z_t (B, C) int64 and
+        p(x1 | z_t) -> (x1_hat, z_t'), both (B, C) int64 summing to M (checked). f: the sigma schedule at t'."""
+        total = self.total
+        u = torch.rand(z.shape, generator=generator, device=z.device)
+        x1_hat = _greedy_rounds(posterior.draw(top_p, u), posterior.prob_at, total, True, generator)
+        _check_on_simplex(x1_hat, total, f"x1_hat at t = {t:.4g}")
+        x1f = x1_hat.float()
+        x0_hat = (z.float() - t * x1f) / (1.0 - t)
+        mean = t_next * x1f + (1.0 - t_next) * x0_hat
+        sigma = (x0_hat - x1f).abs_().mul_(0.25 * f).add_(SIGMA_EPS)
+        z = self._kernel_step(mean, sigma, generator)
+        _check_on_simplex(z, total, f"z_t at t = {t_next:.4g}")
+        return x1_hat, z
