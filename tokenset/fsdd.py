@@ -85,6 +85,7 @@ the truncated mass is at most (M + 1) * exp(-32) (1.6e-12 at M = 128) of the tot
 
 _WINDOW_TIERS = (2, 6, 24)  # window half-widths tried in turn; wider windows get the full support 0..M
 _CHUNK_ELEMENTS = 1 << 21  # elements of (positions, M + 1) processed per chunk of the model posterior
+_LOGIT_FLOOR = 80.0  # logits further below their row's largest are raised to (largest - this) before softmax
 _NUCLEUS_FIRST = 8  # classes looked at (topk) before sorting a position's whole distribution for top-p
 
 
@@ -590,6 +591,30 @@ def _nucleus_draw(probs: Tensor, u: Tensor, top_p: float) -> Tensor:
     return out
 
 
+def _nucleus_of_two_or_more(probs: Tensor, u: Tensor, top: Tensor, arg: Tensor, top_p: float) -> Tensor:
+    """_nucleus_draw for rows whose top class holds less than top_p: probs (N, K) normalised, a scratch this
+    function may change; u (N,) uniforms; top, arg (N,): the largest probability and its first class.
+
+    The second most probable class comes from one max over the rows with the first one masked; where the two
+    hold top_p, the nucleus is that pair (the first maximal class before the second in the stable order) and
+    the draw is the inverse CDF over it; only the other rows go on to _nucleus_draw. Returns (N,) int64.
+    """
+    probs.scatter_(1, arg[:, None], -1.0)
+    second, arg2 = probs.max(-1)
+    pair = top + second  # the cumulative mass of the sorted distribution after two classes
+    target = torch.minimum(u * pair, torch.nextafter(pair, torch.zeros_like(pair)))
+    out = torch.where(top <= target, arg2, arg)
+    wider = pair < top_p
+    if not bool(wider.any()):
+        return out
+    probs.scatter_(1, arg[:, None], top[:, None])  # restored
+    rows = wider.nonzero().squeeze(1)
+    if rows.numel() == probs.shape[0]:
+        return _nucleus_draw(probs, u, top_p)
+    out[rows] = _nucleus_draw(probs.index_select(0, rows), u.index_select(0, rows), top_p)
+    return out
+
+
 def top_p_sample(probs: Tensor, top_p: float, generator: torch.Generator | None = None) -> Tensor:
     """Nucleus (top-p) sampling at every position: the materialised definition (the sampler's fast path equals it).
 
@@ -620,9 +645,9 @@ def _check_top_p(top_p: object) -> float:
 
 
 def _softmax_into(logits: Tensor, out: Tensor) -> Tensor:
-    """softmax over the last dim written into ``out`` (a reused buffer, so no page-faulting temporaries).
-    logits, out: (N, K). Returns out (NaN at positions with a NaN or +inf logit or all logits -inf)."""
-    torch.ops.aten._softmax.out(logits.float(), -1, False, out=out)
+    """softmax over the last dim written into ``out`` (a scratch buffer; it may be logits itself).
+    logits, out: (N, K) float32. Returns out (NaN at positions with a NaN or +inf logit or all logits -inf)."""
+    torch.ops.aten._softmax.out(logits, -1, False, out=out)
     return out
 
 
@@ -667,32 +692,44 @@ class _ModelPosterior:
             e = min(n, s + chunk)
             parts = []
             for x, buf, log_z in zip(logits, scratch, self.log_z):
-                q = _softmax_into(x[s:e], buf[: e - s])
-                top, arg = q.max(-1)  # NaN anywhere in a row (NaN or +inf logits, all -inf) makes its max NaN
+                x = x[s:e].float()
+                high = x.amax(-1)
+                # logits more than _LOGIT_FLOOR below their row's largest are raised to it before the softmax
+                # (module docstring); NaN anywhere in a row (NaN or +inf logits, all -inf) gives a NaN row
+                floored = torch.maximum(x, (high - _LOGIT_FLOOR)[:, None], out=buf[: e - s])
+                q = _softmax_into(floored, floored)
+                top = q.amax(-1)
                 _check_finite_probs(top)
-                log_z[s:e] = x[s:e].gather(1, arg[:, None]).squeeze(1).float() - top.log()
+                log_z[s:e] = high - top.log()  # log Z = max logit - log(max p): reductions without indices
                 parts.append(q)
             q, total = parts[0], None
             if self.mixed:
                 torch.lerp(parts[1], q, self.g, out=q).clamp_(min=0)  # p_u + g (p_c - p_u), clamped
                 total = q.sum(-1)
                 self.mix_sum[s:e] = total
-                top, arg = q.max(-1)
+                top = q.amax(-1)
             if top_p >= 1.0:
                 out[s:e] = _inverse_cdf(q, u[s:e])
                 continue
+            # the first maximal class (the stable sort's first): class 0 (the most common count) checked first
+            arg = torch.where(q[:, 0] == top, 0, -1)
+            other = (arg < 0).nonzero().squeeze(1)
+            if other.numel():
+                arg[other] = q.index_select(0, other).argmax(-1)
+            out[s:e] = arg
             single = top >= top_p if total is None else top >= top_p * total  # the nucleus is the top class
-            out[s:e] = arg  # the first maximal class, as in the stable sort
             if bool(single.all()):
                 continue
             rest = (~single).nonzero().squeeze(1)
             if rest.numel() == e - s:  # every row: no copies
-                p, u_rest = q, u[s:e]
+                p, u_rest, top, arg = q, u[s:e], top, arg
             else:
-                p, u_rest = q.index_select(0, rest), u[s:e].index_select(0, rest)
+                p, u_rest, top, arg = (x.index_select(0, rest) for x in (q, u[s:e], top, arg))
             if total is not None:
-                p.div_(total.index_select(0, rest)[:, None])
-            out[s + rest] = _nucleus_draw(p, u_rest, top_p)
+                tot = total.index_select(0, rest)
+                p.div_(tot[:, None])
+                top = top / tot
+            out[s + rest] = _nucleus_of_two_or_more(p, u_rest, top, arg, top_p)
         return out.view(batch, size)
 
     def prob_at(self, k: Tensor) -> Tensor:
