@@ -396,7 +396,7 @@ def test_fast_posterior_with_logits_far_below_the_top_and_pairs_of_classes():
         assert bool(((freq - want).abs() <= 5 * torch.sqrt(want * (1 - want) / n) + 1e-12).all()), freq
         for k in range(6):
             at = posterior.prob_at(torch.full((1, n), k))
-            assert torch.allclose(at, torch.softmax(logits, -1)[..., k], rtol=1e-5, atol=1e-30), k  # denormals: absolute
+            assert torch.allclose(at, torch.softmax(logits, -1)[..., k], rtol=1e-5, atol=1e-30), k  # denormals
 
 
 def test_own_work_runs_on_one_thread_and_restores_the_count():

@@ -36,9 +36,21 @@ against them; benchmarks/bench_fsdd.py measures both):
   materialising all M + 1 probabilities (positions that are point masses to within exp(-32) need no window); the
   window holds all but a relative mass of at most (M + 1) exp(-32);
 - greedy adjustment of z_t computes the probabilities it needs at z-1, z, z+1 in closed form from (mean, sigma);
-- the model's p(x1 | z_t) is normalised chunk by chunk into one buffer the sampler reuses every step; top-p is
-  exact: where the most probable class holds top_p of the mass the nucleus is that class; elsewhere the 8 most
-  probable classes are looked at (topk) and only positions whose nucleus is larger are fully sorted.
+- the model's p(x1 | z_t) is normalised chunk by chunk in a small scratch buffer: nothing of size (B, C, M + 1)
+  is written; greedy adjustment of x1_hat gets p(k) in closed form from one gather of the logits and the
+  log-normaliser kept per position. Before the softmax, logits more than 80 below their row's largest are raised
+  to (largest - 80): exp(-80) is still a normal float32, where the exact values would be denormals, which slow
+  the softmax several times on CPU; the probability this moves is at most (M + 1) exp(-80) < 1e-32 a position.
+  Top-p is exact: where the most probable class holds top_p of the mass the nucleus is that class; elsewhere one
+  max over the row with that class masked finds the second, and where the two hold top_p the nucleus is that
+  pair; elsewhere the 8 most probable classes are looked at (topk) and only positions whose nucleus is larger
+  are fully sorted.
+- greedy adjustment works on whole batches (no per-round gathering of unfinished rows), reads p(k) with gathers
+  along the class dimension (no (B, C) row and column index tensors), and greedy_adjust checks its
+  (B, C, M + 1) input in one pass (aminmax: NaN propagates, so min >= 0 and max < inf mean finite, >= 0).
+- this module's own work runs with one intra-op thread (_one_thread; the model keeps the caller's threads):
+  its operations are many and small, and with two threads each ends on a barrier that waits a scheduler slice
+  whenever another process holds a core (results/bench/fsdd.md: the ratios with --load 1).
 
 Sampling returns the final state z_1; with the SIGMOID or LINEAR sigma schedule it equals the last x1_hat.
 Classifier-free guidance uses the null label ``num_classes`` (CountDiT's extra label row) unless told otherwise.
@@ -93,13 +105,11 @@ _F = TypeVar("_F", bound=Callable)
 
 
 def _one_thread(fn: _F) -> _F:
-    """Run fn with one intra-op thread (restored afterwards), for this module's own work.
+    """Run fn with one intra-op thread (restored afterwards, also on an error), for this module's own work.
 
-    Its operations are many and small ((B, C) vectors, row chunks): with several intra-op threads each one ends
-    on a barrier, which waits a whole scheduler slice whenever another process holds a core. Measured with
-    benchmarks/bench_fsdd.py (results/bench/fsdd.md): one thread is several times faster than two as soon as
-    the cores are shared, and the official code's work is what loses most from it. The model is not affected
-    (it is called outside: FSDD.sample calls it before each step's own work).
+    Its operations are many and small ((B, C) vectors, chunks of rows): with several intra-op threads each one
+    ends on a barrier, which waits a whole scheduler slice whenever another process holds a core. The model is
+    not affected: FSDD.sample calls it outside, with the caller's threads.
     """
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
