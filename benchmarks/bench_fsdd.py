@@ -15,7 +15,7 @@ x1_hat, kernel draw, greedy adjustment of z_t). "Official" re-implements what fl
 op (no code copied): softmax (inside the official model), a full sort for top-p, a scatter back, multinomial,
 its greedy_adjust (two full sorts, one round), the (B, C, M + 1) Gaussian pdf, multinomial, greedy_adjust; the
 support is 0..M as ours (the official uses 0..M-1), and x1_hat is adjusted at every step as ours is (the official
-adjusts it only from t = 0.65 on). Ratios are medians over --repeats runs of each.
+adjusts it only from t = 0.65 on). Times are medians over --repeats runs of each, taken in turns.
 
 --load N starts N single-thread busy processes beside the measurement (ended with it, also on an error or
 Ctrl-C): a laptop is rarely idle, and the pipeline runs a notebook kernel, DVC and Inception beside the sampler.
@@ -87,6 +87,19 @@ class Timed:
         self.seconds += time.perf_counter() - start
         self.calls += 1
         return out
+
+
+def paired_times(ours: Callable[[], object], official: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """Medians of `repeats` timings of each, taken in turns (ours, official, ours, ...) after one warm-up of
+    each, so that a change in the machine's load during the run hits both alike."""
+    ours(), official()
+    a, b = [], []
+    for _ in range(repeats):
+        for fn, times in ((ours, a), (official, b)):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return statistics.median(a), statistics.median(b)
 
 
 def median_time(fn: Callable[[], object], repeats: int) -> float:
@@ -347,8 +360,7 @@ def run(args: argparse.Namespace) -> None:
             w = Workload(name, size, m, b, guidance)
             g = torch.Generator().manual_seed(3)
             with torch.no_grad():
-                ours = median_time(lambda: w.ours(g), args.repeats)
-                official = median_time(w.official, args.repeats)
+                ours, official = paired_times(lambda: w.ours(g), w.official, args.repeats)
             print(f"{name:>10} {size:>5} {guidance:>4.1f} | {ours * 1e3:>8.1f} {official * 1e3:>9.1f} "
                   f"{official / ours:>6.1f}x", flush=True)
             workloads.append(w)
@@ -358,8 +370,8 @@ def run(args: argparse.Namespace) -> None:
     for size in args.sizes:
         z, probs = greedy_state(size, m, b)
         g = torch.Generator().manual_seed(4)
-        ours = median_time(lambda: F.greedy_adjust(z, probs, m, random_ties=True, generator=g), args.repeats)
-        official = median_time(lambda: official_greedy_adjust(z, probs, m), args.repeats)
+        ours, official = paired_times(lambda: F.greedy_adjust(z, probs, m, random_ties=True, generator=g),
+                                      lambda: official_greedy_adjust(z, probs, m), args.repeats)
         deficit = float((z.sum(1) - m).abs().float().mean())
         print(f"{size:>5} {deficit:>5.1f} | {ours * 1e3:>8.1f} {official * 1e3:>9.1f} {official / ours:>6.1f}x",
               flush=True)

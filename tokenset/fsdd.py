@@ -491,7 +491,6 @@ def _greedy_rounds(z: Tensor, prob_at: Callable[[Tensor], Tensor], total: int, r
             return z
 
 
-@_one_thread
 def greedy_adjust(z: Tensor, probs: Tensor, total: int, *, random_ties: bool = False,
                   generator: torch.Generator | None = None) -> Tensor:
     """Greedy adjustment (paper section 3): restore every row's sum to exactly ``total`` by +-1 moves.
@@ -511,16 +510,26 @@ def greedy_adjust(z: Tensor, probs: Tensor, total: int, *, random_ties: bool = F
     if probs.shape != (*z.shape, total + 1):
         raise ValueError(f"probs must have shape {(*z.shape, total + 1)} (z's shape, total + 1 classes), "
                          f"got {tuple(probs.shape)}")
-    if probs.numel():  # one pass: min and max propagate NaN, so min >= 0 and max < inf leave only finite values
-        low, high = torch.aminmax(probs)
+    if probs.numel():  # one pass (with the caller's threads: one large operation): min and max propagate NaN,
+        low, high = torch.aminmax(probs)  # so min >= 0 and max < inf leave only finite values
         if not (float(low) >= 0 and float(high) < math.inf):
             raise ValueError(f"probs must be finite and non-negative, got values in [{float(low)}, {float(high)}]")
+    return _greedy_rounds(z, _ClassReader(probs).at, total, random_ties, generator)
 
-    def prob_at(k: Tensor) -> Tensor:
-        p = probs.gather(2, k.clamp(0, total)[..., None]).squeeze(2)  # (B, C): no (B, C) row/column indices
-        return p.masked_fill_((k < 0) | (k > total), 0.0)
 
-    return _greedy_rounds(z, prob_at, total, random_ties, generator)
+class _ClassReader:
+    """p[b, c, k[b, c]] for integer k (B, C) from a (B, C, K) tensor: one take at flat indices
+    (b * C + c) * K + k, the base built once (no (B, C) row and column index tensors per read); 0 outside 0..K-1.
+    """
+
+    def __init__(self, values: Tensor) -> None:
+        batch, size, self.classes = values.shape
+        self.values = values
+        self.base = torch.arange(batch * size, device=values.device).view(batch, size) * self.classes
+
+    def at(self, k: Tensor) -> Tensor:
+        p = self.values.take(self.base + k.clamp(0, self.classes - 1))
+        return p.masked_fill_((k < 0) | (k >= self.classes), 0.0)
 
 
 @_one_thread
@@ -684,6 +693,7 @@ class _ModelPosterior:
         self.g = guidance
         self.log_z: list[Tensor] = []  # (B * C,) per softmax (first, second), set by draw()
         self.mix_sum: Tensor | None = None  # (B * C,) sums of the clamped guided mix (None: unguided)
+        self.readers: list[_ClassReader] | None = None  # built by the first prob_at
 
     @_one_thread
     def draw(self, top_p: float, u: Tensor) -> Tensor:
@@ -745,14 +755,15 @@ class _ModelPosterior:
     def prob_at(self, k: Tensor) -> Tensor:
         """p(x1 = k) for integer k: (B, C) int64. Returns (B, C) float32."""
         batch, size, classes = self.first.shape
-        index = k.clamp(0, classes - 1)[..., None]
+        if self.readers is None:
+            self.readers = [_ClassReader(x) for x in (self.first, self.second) if x is not None]
 
-        def softmax_at(logits: Tensor, log_z: Tensor) -> Tensor:
-            return logits.gather(2, index).squeeze(2).float().sub_(log_z.view(batch, size)).exp_()
+        def softmax_at(reader: _ClassReader, log_z: Tensor) -> Tensor:
+            return reader.at(k).float().sub_(log_z.view(batch, size)).exp_()  # (outside 0..K-1: masked below)
 
-        p = softmax_at(self.first, self.log_z[0])
+        p = softmax_at(self.readers[0], self.log_z[0])
         if self.mixed:
-            p = torch.lerp(softmax_at(self.second, self.log_z[1]), p, self.g).clamp_(min=0)
+            p = torch.lerp(softmax_at(self.readers[1], self.log_z[1]), p, self.g).clamp_(min=0)
             p.div_(self.mix_sum.view(batch, size))
         return p.masked_fill_((k < 0) | (k >= classes), 0.0)
 
