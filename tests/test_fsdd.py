@@ -412,7 +412,7 @@ def test_own_work_runs_on_one_thread_and_restores_the_count():
         FSDD(8, 5).sample(model, torch.tensor([0, 0]), steps=2, generator=gen(0))
         assert seen == [2, 2] and torch.get_num_threads() == 2
         with pytest.raises(ValueError, match="finite and non-negative"):
-            greedy_adjust(torch.tensor([[1, 2]]), torch.full((1, 2, 4), math.nan), 3)
+            greedy_adjust(torch.tensor([[1, 1]]), torch.full((1, 2, 4), math.nan), 3)
         assert torch.get_num_threads() == 2  # restored after an error too
     finally:
         torch.set_num_threads(before)
@@ -630,12 +630,14 @@ def test_pure_functions_reject_bad_input():
     with pytest.raises(TypeError, match="integer dtype"):
         greedy_adjust(z.float(), torch.rand(1, 2, 4), 3)
     with pytest.raises(ValueError, match="finite and non-negative"):
-        greedy_adjust(z, -torch.rand(1, 2, 4), 3)
-    for bad in (math.nan, math.inf):  # one pass of aminmax sees a single bad entry anywhere
+        greedy_adjust(torch.tensor([[1, 1]]), -torch.rand(1, 2, 4), 3)
+    for bad in (math.nan, math.inf, -0.5):  # an entry it reads: z = (1, 1) needs one +1, so p at 1 and 2
         probs = torch.rand(1, 2, 4)
-        probs[0, 1, 3] = bad
-        with pytest.raises(ValueError, match="finite and non-negative"):
-            greedy_adjust(z, probs, 3)
+        probs[0, 1, 2] = bad
+        with pytest.raises(ValueError, match="finite and non-negative where greedy adjustment reads them"):
+            greedy_adjust(torch.tensor([[1, 1]]), probs, 3)
+        probs[0, 1, 2], probs[0, 1, 0] = 0.5, bad  # an entry it never reads is not checked
+        assert int(greedy_adjust(torch.tensor([[1, 1]]), probs, 3).sum()) == 3
     with pytest.raises(ValueError, match="sigma must be finite and non-negative"):
         discretised_gaussian(torch.zeros(1, 2), -torch.ones(1, 2), 3)
     with pytest.raises(TypeError, match="floating dtype"):

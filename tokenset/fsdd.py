@@ -37,7 +37,7 @@ against them; benchmarks/bench_fsdd.py measures both):
   window holds all but a relative mass of at most (M + 1) exp(-32);
 - greedy adjustment of z_t computes the probabilities it needs at z-1, z, z+1 in closed form from (mean, sigma);
 - the model's p(x1 | z_t) is normalised chunk by chunk in a small scratch buffer: nothing of size (B, C, M + 1)
-  is written; greedy adjustment of x1_hat gets p(k) in closed form from one gather of the logits and the
+  is written; greedy adjustment of x1_hat gets p(k) in closed form from one read of the logits and the
   log-normaliser kept per position. Before the softmax, logits more than 80 below their row's largest are raised
   to (largest - 80): exp(-80) is still a normal float32, where the exact values would be denormals, which slow
   the softmax several times on CPU; the probability this moves is at most (M + 1) exp(-80) < 1e-32 a position.
@@ -45,9 +45,9 @@ against them; benchmarks/bench_fsdd.py measures both):
   max over the row with that class masked finds the second, and where the two hold top_p the nucleus is that
   pair; elsewhere the 8 most probable classes are looked at (topk) and only positions whose nucleus is larger
   are fully sorted.
-- greedy adjustment works on whole batches (no per-round gathering of unfinished rows), reads p(k) with gathers
-  along the class dimension (no (B, C) row and column index tensors), and greedy_adjust checks its
-  (B, C, M + 1) input in one pass (aminmax: NaN propagates, so min >= 0 and max < inf mean finite, >= 0).
+- greedy adjustment works on whole batches (no per-round gathering of unfinished rows), reads p(k) by one take
+  at flat indices whose base is built once (no (B, C) row and column index tensors per read); greedy_adjust
+  checks the entries of its (B, C, M + 1) input that it reads, not the whole tensor (see its docstring).
 - this module's own work runs with one intra-op thread (_one_thread; the model keeps the caller's threads):
   its operations are many and small, and with two threads each ends on a barrier that waits a scheduler slice
   whenever another process holds a core (results/bench/fsdd.md: the ratios with --load 1).
@@ -491,6 +491,7 @@ def _greedy_rounds(z: Tensor, prob_at: Callable[[Tensor], Tensor], total: int, r
             return z
 
 
+@_one_thread
 def greedy_adjust(z: Tensor, probs: Tensor, total: int, *, random_ties: bool = False,
                   generator: torch.Generator | None = None) -> Tensor:
     """Greedy adjustment (paper section 3): restore every row's sum to exactly ``total`` by +-1 moves.
@@ -500,7 +501,10 @@ def greedy_adjust(z: Tensor, probs: Tensor, total: int, *, random_ties: bool = F
     |d| positions can move, this repeats in rounds with recomputed gains (module docstring). Rows already summing
     to total are returned unchanged. Ties: lowest index first, or uniformly random (random_ties=True, drawn from
     generator). Gains are ranked exactly in float32 (float16/bfloat16 widen exactly) or float64.
-    z: (B, C) integer in [0, total]; probs: (B, C, total + 1) float, finite, >= 0 (normalisation not required).
+    z: (B, C) integer in [0, total]; probs: (B, C, total + 1) float, >= 0 (normalisation not required). The
+    entries it reads (p at z and at z + 1 or z - 1, in each round that ranks gains) must be finite and >= 0
+    (ValueError otherwise); the others are neither read nor checked: one pass over the whole tensor costs more
+    than the adjustment (benchmarks/bench_fsdd.py prints both; results/bench/fsdd.md).
     Returns (B, C) int64, rows sum to total.
     """
     _check_int(total, "total", 0)
@@ -510,11 +514,17 @@ def greedy_adjust(z: Tensor, probs: Tensor, total: int, *, random_ties: bool = F
     if probs.shape != (*z.shape, total + 1):
         raise ValueError(f"probs must have shape {(*z.shape, total + 1)} (z's shape, total + 1 classes), "
                          f"got {tuple(probs.shape)}")
-    if probs.numel():  # one pass (with the caller's threads: one large operation): min and max propagate NaN,
-        low, high = torch.aminmax(probs)  # so min >= 0 and max < inf leave only finite values
+    reader = _ClassReader(probs)
+
+    def prob_at(k: Tensor) -> Tensor:  # the entries read, checked as they are read
+        p = reader.at(k)
+        low, high = torch.aminmax(p)  # NaN propagates: min >= 0 and max < inf leave only finite values
         if not (float(low) >= 0 and float(high) < math.inf):
-            raise ValueError(f"probs must be finite and non-negative, got values in [{float(low)}, {float(high)}]")
-    return _greedy_rounds(z, _ClassReader(probs).at, total, random_ties, generator)
+            raise ValueError(f"probs must be finite and non-negative where greedy adjustment reads them, got "
+                             f"values in [{float(low)}, {float(high)}]")
+        return p
+
+    return _greedy_rounds(z, prob_at, total, random_ties, generator)
 
 
 class _ClassReader:
@@ -681,7 +691,7 @@ class _ModelPosterior:
 
     Nothing of size (B, C, K) is written. ``draw`` normalises the logits chunk by chunk in a small scratch buffer,
     samples x1_hat with exact top-p, and keeps per position only what ``prob_at`` needs to give p(k) at any
-    integer k in closed form from one gather of the logits: the log-normaliser of each softmax (read off its
+    integer k in closed form from one read of the logits: the log-normaliser of each softmax (read off its
     largest probability p_j: log Z = logit_j - log p_j) and, when guiding, the sum of the clamped mix.
     logits_cond / logits_uncond: (B, C, K) float or None (guidance 1: uncond None; guidance 0: cond None).
     """
