@@ -503,8 +503,8 @@ def greedy_adjust(z: Tensor, probs: Tensor, total: int, *, random_ties: bool = F
     generator). Gains are ranked exactly in float32 (float16/bfloat16 widen exactly) or float64.
     z: (B, C) integer in [0, total]; probs: (B, C, total + 1) float, >= 0 (normalisation not required). The
     entries it reads (p at z and at z + 1 or z - 1, in each round that ranks gains) must be finite and >= 0
-    (ValueError otherwise); the others are neither read nor checked: one pass over the whole tensor costs more
-    than the adjustment (benchmarks/bench_fsdd.py prints both; results/bench/fsdd.md).
+    (ValueError otherwise); the others are neither read nor checked: one pass over the whole tensor costs about
+    as much as the adjustment itself (benchmarks/bench_fsdd.py prints both; results/bench/fsdd.md).
     Returns (B, C) int64, rows sum to total.
     """
     _check_int(total, "total", 0)
