@@ -366,7 +366,7 @@ def test_fast_posterior_equals_the_materialised_reference(guidance, top_p, first
     lc[:, ::2, 0] += 6.0  # half the positions peaked (single-class nucleus), half spread
     lu[:, ::3, 1] += 5.0
     cond, uncond = (None if guidance == 0.0 else lc), (None if guidance == 1.0 else lu)
-    posterior = fsdd_module._ModelPosterior(cond, uncond, guidance, torch.empty(batch, size, total + 1))
+    posterior = fsdd_module._ModelPosterior(cond, uncond, guidance)
     fast = posterior.draw(top_p, torch.rand(batch, size, generator=gen(11)))
     reference_probs = classifier_free_guidance(lc, lu, guidance)
     reference = top_p_sample(reference_probs, top_p, gen(11))  # the same uniforms
@@ -375,6 +375,47 @@ def test_fast_posterior_equals_the_materialised_reference(guidance, top_p, first
         at = posterior.prob_at(torch.full((batch, size), k))
         expected = reference_probs[..., k] if 0 <= k <= total else torch.zeros(batch, size)
         assert torch.allclose(at, expected, atol=1e-6)
+
+
+def test_fast_posterior_with_logits_far_below_the_top_and_pairs_of_classes():
+    # logits 100 to 10^4 below a row's largest (raised to largest - 80 before the softmax: no denormals) change
+    # neither the draw nor p(k); p = (0.5, 0.35, 0.15) at top_p 0.8: the nucleus is the first two classes (one
+    # max after masking the first); equal top classes (0.4, 0.4, 0.2) at top_p 0.5: the pair, half and half
+    n = 20000
+    far = torch.tensor([-100.0, -1e3, -1e4])
+    for p, top_p, expected in (((0.5, 0.35, 0.15), 0.8, (0.5 / 0.85, 0.35 / 0.85, 0.0)),
+                               ((0.4, 0.4, 0.2), 0.5, (0.5, 0.5, 0.0))):
+        logits = torch.cat([torch.tensor(p).log(), far]).expand(1, n, 6).contiguous()
+        posterior = fsdd_module._ModelPosterior(logits, None, 1.0)
+        u = torch.rand(1, n, generator=gen(5))
+        draw = posterior.draw(top_p, u)
+        reference = top_p_sample(torch.softmax(logits, -1), top_p, gen(5))  # the same uniforms
+        assert (draw == reference).double().mean() > 0.999
+        freq = torch.bincount(draw[0], minlength=6).double() / n
+        want = torch.tensor([*expected, 0.0, 0.0, 0.0], dtype=torch.float64)
+        assert bool(((freq - want).abs() <= 5 * torch.sqrt(want * (1 - want) / n) + 1e-12).all()), freq
+        for k in range(6):
+            at = posterior.prob_at(torch.full((1, n), k))
+            assert torch.allclose(at, torch.softmax(logits, -1)[..., k], rtol=1e-5, atol=1e-30), k  # denormals
+
+
+def test_own_work_runs_on_one_thread_and_restores_the_count():
+    before = torch.get_num_threads()
+    seen = []
+
+    def model(z, t, labels):
+        seen.append(torch.get_num_threads())  # the model keeps the caller's threads
+        return torch.zeros(*z.shape, 6)
+
+    try:
+        torch.set_num_threads(2)
+        FSDD(8, 5).sample(model, torch.tensor([0, 0]), steps=2, generator=gen(0))
+        assert seen == [2, 2] and torch.get_num_threads() == 2
+        with pytest.raises(ValueError, match="finite and non-negative"):
+            greedy_adjust(torch.tensor([[1, 1]]), torch.full((1, 2, 4), math.nan), 3)
+        assert torch.get_num_threads() == 2  # restored after an error too
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_sigma_scale_schedules():
@@ -589,7 +630,14 @@ def test_pure_functions_reject_bad_input():
     with pytest.raises(TypeError, match="integer dtype"):
         greedy_adjust(z.float(), torch.rand(1, 2, 4), 3)
     with pytest.raises(ValueError, match="finite and non-negative"):
-        greedy_adjust(z, -torch.rand(1, 2, 4), 3)
+        greedy_adjust(torch.tensor([[1, 1]]), -torch.rand(1, 2, 4), 3)
+    for bad in (math.nan, math.inf, -0.5):  # an entry it reads: z = (1, 1) needs one +1, so p at 1 and 2
+        probs = torch.rand(1, 2, 4)
+        probs[0, 1, 2] = bad
+        with pytest.raises(ValueError, match="finite and non-negative where greedy adjustment reads them"):
+            greedy_adjust(torch.tensor([[1, 1]]), probs, 3)
+        probs[0, 1, 2], probs[0, 1, 0] = 0.5, bad  # an entry it never reads is not checked
+        assert int(greedy_adjust(torch.tensor([[1, 1]]), probs, 3).sum()) == 3
     with pytest.raises(ValueError, match="sigma must be finite and non-negative"):
         discretised_gaussian(torch.zeros(1, 2), -torch.ones(1, 2), 3)
     with pytest.raises(TypeError, match="floating dtype"):

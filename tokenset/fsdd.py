@@ -36,9 +36,21 @@ against them; benchmarks/bench_fsdd.py measures both):
   materialising all M + 1 probabilities (positions that are point masses to within exp(-32) need no window); the
   window holds all but a relative mass of at most (M + 1) exp(-32);
 - greedy adjustment of z_t computes the probabilities it needs at z-1, z, z+1 in closed form from (mean, sigma);
-- the model's p(x1 | z_t) is normalised chunk by chunk into one buffer the sampler reuses every step; top-p is
-  exact: where the most probable class holds top_p of the mass the nucleus is that class; elsewhere the 8 most
-  probable classes are looked at (topk) and only positions whose nucleus is larger are fully sorted.
+- the model's p(x1 | z_t) is normalised chunk by chunk in a small scratch buffer: nothing of size (B, C, M + 1)
+  is written; greedy adjustment of x1_hat gets p(k) in closed form from one read of the logits and the
+  log-normaliser kept per position. Before the softmax, logits more than 80 below their row's largest are raised
+  to (largest - 80): exp(-80) is still a normal float32, where the exact values would be denormals, which slow
+  the softmax several times on CPU; the probability this moves is at most (M + 1) exp(-80) < 1e-32 a position.
+  Top-p is exact: where the most probable class holds top_p of the mass the nucleus is that class; elsewhere one
+  max over the row with that class masked finds the second, and where the two hold top_p the nucleus is that
+  pair; elsewhere the 8 most probable classes are looked at (topk) and only positions whose nucleus is larger
+  are fully sorted.
+- greedy adjustment works on whole batches (no per-round gathering of unfinished rows), reads p(k) by one take
+  at flat indices whose base is built once (no (B, C) row and column index tensors per read); greedy_adjust
+  checks the entries of its (B, C, M + 1) input that it reads, not the whole tensor (see its docstring).
+- this module's own work runs with one intra-op thread (_one_thread; the model keeps the caller's threads):
+  its operations are many and small, and with two threads each ends on a barrier that waits a scheduler slice
+  whenever another process holds a core (results/bench/fsdd.md: the ratios with --load 1).
 
 Sampling returns the final state z_1; with the SIGMOID or LINEAR sigma schedule it equals the last x1_hat.
 Classifier-free guidance uses the null label ``num_classes`` (CountDiT's extra label row) unless told otherwise.
@@ -46,8 +58,9 @@ Classifier-free guidance uses the null label ``num_classes`` (CountDiT's extra l
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -84,7 +97,31 @@ the truncated mass is at most (M + 1) * exp(-32) (1.6e-12 at M = 128) of the tot
 
 _WINDOW_TIERS = (2, 6, 24)  # window half-widths tried in turn; wider windows get the full support 0..M
 _CHUNK_ELEMENTS = 1 << 21  # elements of (positions, M + 1) processed per chunk of the model posterior
+_LOGIT_FLOOR = 80.0  # logits further below their row's largest are raised to (largest - this) before softmax
 _NUCLEUS_FIRST = 8  # classes looked at (topk) before sorting a position's whole distribution for top-p
+
+
+_F = TypeVar("_F", bound=Callable)
+
+
+def _one_thread(fn: _F) -> _F:
+    """Run fn with one intra-op thread (restored afterwards, also on an error), for this module's own work.
+
+    Its operations are many and small ((B, C) vectors, chunks of rows): with several intra-op threads each one
+    ends on a barrier, which waits a whole scheduler slice whenever another process holds a core. The model is
+    not affected: FSDD.sample calls it outside, with the caller's threads.
+    """
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        before = torch.get_num_threads()
+        if before == 1:
+            return fn(*args, **kwargs)
+        torch.set_num_threads(1)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(before)
+    return wrapper  # type: ignore[return-value]
 
 
 # ============================================================================================ input checks
@@ -325,6 +362,7 @@ class _GaussianKernel:
             return log_z, None
         return log_z, nearest.long() + (_inverse_cdf(w, u) - width)
 
+    @_one_thread
     def evaluate(self, u: Tensor | None = None) -> Tensor | None:
         """Compute log Z for every position; with uniforms u (B, C) also draw z ~ p (returned (B, C) int64).
 
@@ -365,16 +403,16 @@ class _GaussianKernel:
         self.log_z = log_z.view_as(self.mean)
         return out.view_as(self.mean) if out is not None else None
 
-    def prob_at(self, k: Tensor, rows: Tensor | None = None) -> Tensor:
-        """p(k) at integer k: (R, C) int64 for the batch rows `rows` (all rows if None). Returns (R, C) float."""
+    def prob_at(self, k: Tensor) -> Tensor:
+        """p(k) at integer k: (B, C) int64. Returns (B, C) float."""
         if self.log_z is None:
             self.evaluate()
-        sel = (lambda x: x) if rows is None else (lambda x: x.index_select(0, rows))
-        lw = _log_weight(k.to(self.mean.dtype), sel(self.mean), sel(self.nearest), sel(self.nhp))
-        p = lw.sub_(sel(self.log_z)).exp_()
+        lw = _log_weight(k.to(self.mean.dtype), self.mean, self.nearest, self.nhp)
+        p = lw.sub_(self.log_z).exp_()
         return p.masked_fill_((k < 0) | (k > self.total), 0.0)
 
 
+@_one_thread
 def sample_discretised_gaussian(mean: Tensor, sigma: Tensor, total: int,
                                 generator: torch.Generator | None = None) -> Tensor:
     """Draw z ~ discretised_gaussian(mean, sigma, total) at every position independently (no sum constraint).
@@ -416,49 +454,44 @@ def _top_r_mask(gain: Tensor, movable: Tensor, r: Tensor, tiebreak: Tensor) -> T
     return torch.zeros_like(movable).scatter_(1, top, take)
 
 
-def _greedy_rounds(z: Tensor, prob_at: Callable[[Tensor, Tensor | None], Tensor], total: int,
-                   random_ties: bool, generator: torch.Generator | None) -> Tensor:
-    """Greedy adjustment in rounds (module docstring). z: (B, C) int64 in [0, total]; prob_at(k, rows) -> p(k).
+@_one_thread
+def _greedy_rounds(z: Tensor, prob_at: Callable[[Tensor], Tensor], total: int, random_ties: bool,
+                   generator: torch.Generator | None) -> Tensor:
+    """Greedy adjustment in rounds (module docstring). z: (B, C) int64 in [0, total]; prob_at(k (B, C)) -> p(k).
 
     Each round moves min(|d|, #movable) distinct positions of every unfinished row by one unit towards the sum,
     the movable positions with the largest gains p(z +- 1) - p(z) first. A deficit row can move every position
     (its sum is below total, so no entry is at total); an excess row has a non-zero entry; so each round moves
     at least one unit and the loop ends: within ceil(|d| / C) rounds for a deficit, total + 1 for an excess.
+    Every round works on all B rows (finished rows move r = 0 positions): almost always one round does it all,
+    and whole-batch operations beat gathering and scattering the unfinished rows.
     """
-    z = z.clone()
-    batch, size = z.shape
     deficit = total - z.sum(1)  # (B,)
-    rows = (deficit != 0).nonzero().squeeze(1)
-    index_desc = (size - 1 - torch.arange(size, device=z.device))[None, :]  # tiebreak: lowest index first
-    while rows.numel():
-        all_rows = rows.numel() == batch
-        sel = None if all_rows else rows
-        zr = z if all_rows else z.index_select(0, rows)
-        d = deficit.index_select(0, rows)
-        step = d.sign()[:, None]  # +1: deficit, -1: excess
-        target = zr + step
-        movable = (target >= 0) & (target <= total)
+    if not bool(deficit.any()):
+        return z.clone()
+    size = z.shape[1]
+    while True:
+        step = deficit.sign()[:, None]  # (B, 1): +1 deficit, -1 excess, 0 done
+        target = z + step
+        movable = (target >= 0) & (target <= total) & (step != 0)
         n_movable = movable.sum(1)
-        r = torch.minimum(d.abs(), n_movable)
+        r = torch.minimum(deficit.abs(), n_movable)  # (B,)
         if bool((r == n_movable).all()):
             chosen = movable
         else:
-            gain = prob_at(target, sel) - prob_at(zr, sel)
+            gain = prob_at(target).sub_(prob_at(z))
             if random_ties:
-                tiebreak = torch.randint(0, 1 << 31, zr.shape, generator=generator, device=z.device)
-            else:
-                tiebreak = index_desc.expand_as(zr)
+                tiebreak = torch.randint(0, 1 << 31, z.shape, generator=generator, device=z.device)
+            else:  # lowest index first
+                tiebreak = (size - 1 - torch.arange(size, device=z.device)).expand_as(z)
             chosen = _top_r_mask(gain, movable, r, tiebreak)
-        zr = zr + step * chosen
-        if all_rows:
-            z = zr
-        else:
-            z.index_copy_(0, rows, zr)
-        deficit.index_copy_(0, rows, d - step[:, 0] * r)
-        rows = rows[deficit.index_select(0, rows) != 0]
-    return z
+        z = z + step * chosen
+        deficit = deficit - step[:, 0] * r
+        if not bool(deficit.any()):
+            return z
 
 
+@_one_thread
 def greedy_adjust(z: Tensor, probs: Tensor, total: int, *, random_ties: bool = False,
                   generator: torch.Generator | None = None) -> Tensor:
     """Greedy adjustment (paper section 3): restore every row's sum to exactly ``total`` by +-1 moves.
@@ -468,7 +501,10 @@ def greedy_adjust(z: Tensor, probs: Tensor, total: int, *, random_ties: bool = F
     |d| positions can move, this repeats in rounds with recomputed gains (module docstring). Rows already summing
     to total are returned unchanged. Ties: lowest index first, or uniformly random (random_ties=True, drawn from
     generator). Gains are ranked exactly in float32 (float16/bfloat16 widen exactly) or float64.
-    z: (B, C) integer in [0, total]; probs: (B, C, total + 1) float, finite, >= 0 (normalisation not required).
+    z: (B, C) integer in [0, total]; probs: (B, C, total + 1) float, >= 0 (normalisation not required). The
+    entries it reads (p at z and at z + 1 or z - 1, in each round that ranks gains) must be finite and >= 0
+    (ValueError otherwise); the others are neither read nor checked: one pass over the whole tensor costs about
+    as much as the adjustment itself (benchmarks/bench_fsdd.py prints both; results/bench/fsdd.md).
     Returns (B, C) int64, rows sum to total.
     """
     _check_int(total, "total", 0)
@@ -478,18 +514,35 @@ def greedy_adjust(z: Tensor, probs: Tensor, total: int, *, random_ties: bool = F
     if probs.shape != (*z.shape, total + 1):
         raise ValueError(f"probs must have shape {(*z.shape, total + 1)} (z's shape, total + 1 classes), "
                          f"got {tuple(probs.shape)}")
-    if not bool(torch.isfinite(probs).all()) or (probs.numel() and float(probs.min()) < 0):
-        raise ValueError("probs must be finite and non-negative")
-    cols = torch.arange(z.shape[1], device=z.device)[None, :]
+    reader = _ClassReader(probs)
 
-    def prob_at(k: Tensor, rows: Tensor | None) -> Tensor:
-        r = torch.arange(z.shape[0], device=z.device) if rows is None else rows
-        p = probs[r[:, None], cols, k.clamp(0, total)]
-        return torch.where((k >= 0) & (k <= total), p, torch.zeros_like(p))
+    def prob_at(k: Tensor) -> Tensor:  # the entries read, checked as they are read
+        p = reader.at(k)
+        low, high = torch.aminmax(p)  # NaN propagates: min >= 0 and max < inf leave only finite values
+        if not (float(low) >= 0 and float(high) < math.inf):
+            raise ValueError(f"probs must be finite and non-negative where greedy adjustment reads them, got "
+                             f"values in [{float(low)}, {float(high)}]")
+        return p
 
     return _greedy_rounds(z, prob_at, total, random_ties, generator)
 
 
+class _ClassReader:
+    """p[b, c, k[b, c]] for integer k (B, C) from a (B, C, K) tensor: one take at flat indices
+    (b * C + c) * K + k, the base built once (no (B, C) row and column index tensors per read); 0 outside 0..K-1.
+    """
+
+    def __init__(self, values: Tensor) -> None:
+        batch, size, self.classes = values.shape
+        self.values = values
+        self.base = torch.arange(batch * size, device=values.device).view(batch, size) * self.classes
+
+    def at(self, k: Tensor) -> Tensor:
+        p = self.values.take(self.base + k.clamp(0, self.classes - 1))
+        return p.masked_fill_((k < 0) | (k >= self.classes), 0.0)
+
+
+@_one_thread
 def greedy_adjust_gaussian(z: Tensor, mean: Tensor, sigma: Tensor, total: int, *, random_ties: bool = False,
                            generator: torch.Generator | None = None) -> Tensor:
     """``greedy_adjust(z, discretised_gaussian(mean, sigma, total), total)`` without the (B, C, total + 1) tensor.
@@ -545,6 +598,9 @@ def _nucleus_draw(probs: Tensor, u: Tensor, top_p: float) -> Tensor:
     if first < k:
         values, order = probs.topk(first, dim=-1, sorted=True)
         inside = values.cumsum(-1)[:, -1] >= top_p  # the same sum as the sorted cumulative mass
+        if bool(inside.all()):  # no row needs its whole distribution sorted: no copies
+            j = _inverse_cdf(_nucleus_weights(values, top_p), u)
+            return order.gather(1, j[:, None]).squeeze(1)
         rows = inside.nonzero().squeeze(1)
         if rows.numel():
             j = _inverse_cdf(_nucleus_weights(values[rows], top_p), u[rows])
@@ -561,6 +617,30 @@ def _nucleus_draw(probs: Tensor, u: Tensor, top_p: float) -> Tensor:
     if rows is None:
         return drawn
     out[rows] = drawn
+    return out
+
+
+def _nucleus_of_two_or_more(probs: Tensor, u: Tensor, top: Tensor, arg: Tensor, top_p: float) -> Tensor:
+    """_nucleus_draw for rows whose top class holds less than top_p: probs (N, K) normalised, a scratch this
+    function may change; u (N,) uniforms; top, arg (N,): the largest probability and its first class.
+
+    The second most probable class comes from one max over the rows with the first one masked; where the two
+    hold top_p, the nucleus is that pair (the first maximal class before the second in the stable order) and
+    the draw is the inverse CDF over it; only the other rows go on to _nucleus_draw. Returns (N,) int64.
+    """
+    probs.scatter_(1, arg[:, None], -1.0)
+    second, arg2 = probs.max(-1)
+    pair = top + second  # the cumulative mass of the sorted distribution after two classes
+    target = torch.minimum(u * pair, torch.nextafter(pair, torch.zeros_like(pair)))
+    out = torch.where(top <= target, arg2, arg)
+    wider = pair < top_p
+    if not bool(wider.any()):
+        return out
+    probs.scatter_(1, arg[:, None], top[:, None])  # restored
+    rows = wider.nonzero().squeeze(1)
+    if rows.numel() == probs.shape[0]:
+        return _nucleus_draw(probs, u, top_p)
+    out[rows] = _nucleus_draw(probs.index_select(0, rows), u.index_select(0, rows), top_p)
     return out
 
 
@@ -594,9 +674,9 @@ def _check_top_p(top_p: object) -> float:
 
 
 def _softmax_into(logits: Tensor, out: Tensor) -> Tensor:
-    """softmax over the last dim written into ``out`` (a reused buffer, so no page-faulting temporaries).
-    logits, out: (N, K). Returns out (NaN at positions with a NaN or +inf logit or all logits -inf)."""
-    torch.ops.aten._softmax.out(logits.float(), -1, False, out=out)
+    """softmax over the last dim written into ``out`` (a scratch buffer; it may be logits itself).
+    logits, out: (N, K) float32. Returns out (NaN at positions with a NaN or +inf logit or all logits -inf)."""
+    torch.ops.aten._softmax.out(logits, -1, False, out=out)
     return out
 
 
@@ -609,73 +689,92 @@ def _check_finite_probs(p_max: Tensor) -> None:
 class _ModelPosterior:
     """p(x1 | z_t) at every position from the model's logits, optionally guided (classifier_free_guidance).
 
-    ``draw`` writes the (guided) probabilities chunk by chunk into ``probs`` (a (B, C, K) float32 buffer the
-    sampler allocates once and reuses every step: fresh large tensors cost page faults) and samples x1_hat with
-    exact top-p; ``prob_at`` then gathers p(k) at any integer k for greedy adjustment.
+    Nothing of size (B, C, K) is written. ``draw`` normalises the logits chunk by chunk in a small scratch buffer,
+    samples x1_hat with exact top-p, and keeps per position only what ``prob_at`` needs to give p(k) at any
+    integer k in closed form from one read of the logits: the log-normaliser of each softmax (read off its
+    largest probability p_j: log Z = logit_j - log p_j) and, when guiding, the sum of the clamped mix.
     logits_cond / logits_uncond: (B, C, K) float or None (guidance 1: uncond None; guidance 0: cond None).
     """
 
-    def __init__(self, logits_cond: Tensor | None, logits_uncond: Tensor | None, guidance: float,
-                 probs: Tensor) -> None:
-        self.cond, self.uncond, self.g = logits_cond, logits_uncond, guidance
+    def __init__(self, logits_cond: Tensor | None, logits_uncond: Tensor | None, guidance: float) -> None:
         self.mixed = logits_cond is not None and logits_uncond is not None
-        self.probs = probs  # (B, C, K) float32, filled by draw()
-        self.mix_sum: Tensor | None = None  # (B * C,) sums of the clamped guided mix (None: probs normalised)
+        self.first = logits_cond if logits_cond is not None else logits_uncond  # (B, C, K)
+        self.second = logits_uncond if self.mixed else None  # (B, C, K) or None
+        self.g = guidance
+        self.log_z: list[Tensor] = []  # (B * C,) per softmax (first, second), set by draw()
+        self.mix_sum: Tensor | None = None  # (B * C,) sums of the clamped guided mix (None: unguided)
+        self.readers: list[_ClassReader] | None = None  # built by the first prob_at
 
+    @_one_thread
     def draw(self, top_p: float, u: Tensor) -> Tensor:
         """x1_hat ~ top-p of p(x1 | z_t) at every position (same as top_p_sample on the materialised probs,
         the same uniforms u (B, C) giving the same draw up to float rounding). Returns (B, C) int64."""
-        batch, size, k = self.probs.shape
-        n = batch * size
-        first = (self.cond if self.cond is not None else self.uncond).reshape(n, k)
-        second = self.uncond.reshape(n, k) if self.mixed else None
-        probs = self.probs.view(n, k)
+        batch, size, k = self.first.shape
+        n, device = batch * size, self.first.device
+        logits = [x.reshape(n, k) for x in (self.first, self.second) if x is not None]
         u = u.reshape(n)
-        out = torch.empty(n, dtype=torch.int64, device=probs.device)
+        out = torch.empty(n, dtype=torch.int64, device=device)
         chunk = max(1, _CHUNK_ELEMENTS // k)
-        scratch = torch.empty(min(chunk, n), k, device=probs.device) if self.mixed else None
-        if self.mixed:
-            self.mix_sum = torch.empty(n, device=probs.device)
+        scratch = [torch.empty(min(chunk, n), k, device=device) for _ in logits]
+        self.log_z = [torch.empty(n, device=device) for _ in logits]
+        self.mix_sum = torch.empty(n, device=device) if self.mixed else None
         for s in range(0, n, chunk):
             e = min(n, s + chunk)
-            q = _softmax_into(first[s:e], probs[s:e])
+            parts = []
+            for x, buf, log_z in zip(logits, scratch, self.log_z):
+                x = x[s:e].float()
+                high = x.amax(-1)
+                # logits more than _LOGIT_FLOOR below their row's largest are raised to it before the softmax
+                # (module docstring); NaN anywhere in a row (NaN or +inf logits, all -inf) gives a NaN row
+                floored = torch.maximum(x, (high - _LOGIT_FLOOR)[:, None], out=buf[: e - s])
+                q = _softmax_into(floored, floored)
+                top = q.amax(-1)
+                _check_finite_probs(top)
+                log_z[s:e] = high - top.log()  # log Z = max logit - log(max p): reductions without indices
+                parts.append(q)
+            q, total = parts[0], None
             if self.mixed:
-                p_u = _softmax_into(second[s:e], scratch[: e - s])
-                _check_finite_probs(p_u[:, 0])
-                torch.lerp(p_u, q, self.g, out=q).clamp_(min=0)  # p_u + g (p_c - p_u), clamped
+                torch.lerp(parts[1], q, self.g, out=q).clamp_(min=0)  # p_u + g (p_c - p_u), clamped
                 total = q.sum(-1)
                 self.mix_sum[s:e] = total
-            else:
-                total = None  # q is normalised
+                top = q.amax(-1)
             if top_p >= 1.0:
-                _check_finite_probs(q[:, 0])
                 out[s:e] = _inverse_cdf(q, u[s:e])
                 continue
-            q_max = q.amax(-1)
-            _check_finite_probs(q_max)
-            single = q_max >= top_p if total is None else q_max >= top_p * total  # the nucleus is the top class
-            # argmax (first maximal class) where it is needed; class 0 (the most common count) checked first
-            arg = torch.where(q[:, 0] == q_max, 0, -1)
-            other = (single & (arg < 0)).nonzero().squeeze(1)
+            # the first maximal class (the stable sort's first): class 0 (the most common count) checked first
+            arg = torch.where(q[:, 0] == top, 0, -1)
+            other = (arg < 0).nonzero().squeeze(1)
             if other.numel():
                 arg[other] = q.index_select(0, other).argmax(-1)
             out[s:e] = arg
+            single = top >= top_p if total is None else top >= top_p * total  # the nucleus is the top class
+            if bool(single.all()):
+                continue
             rest = (~single).nonzero().squeeze(1)
-            if rest.numel():
-                p = q.index_select(0, rest)
-                if total is not None:
-                    p /= total.index_select(0, rest)[:, None]
-                out[s + rest] = _nucleus_draw(p, u[s:e].index_select(0, rest), top_p)
+            if rest.numel() == e - s:  # every row: no copies
+                p, u_rest, top, arg = q, u[s:e], top, arg
+            else:
+                p, u_rest, top, arg = (x.index_select(0, rest) for x in (q, u[s:e], top, arg))
+            if total is not None:
+                tot = total.index_select(0, rest)
+                p.div_(tot[:, None])
+                top = top / tot
+            out[s + rest] = _nucleus_of_two_or_more(p, u_rest, top, arg, top_p)
         return out.view(batch, size)
 
-    def prob_at(self, k: Tensor, rows: Tensor | None = None) -> Tensor:
-        """p(x1 = k) for integer k: (R, C) int64 at batch rows `rows` (all if None). Returns (R, C) float32."""
-        batch, size, classes = self.probs.shape
-        r = torch.arange(batch, device=k.device) if rows is None else rows
-        cols = torch.arange(size, device=k.device)[None, :]
-        p = self.probs[r[:, None], cols, k.clamp(0, classes - 1)]
-        if self.mix_sum is not None:
-            p = p / self.mix_sum.view(batch, size)[r]
+    def prob_at(self, k: Tensor) -> Tensor:
+        """p(x1 = k) for integer k: (B, C) int64. Returns (B, C) float32."""
+        batch, size, classes = self.first.shape
+        if self.readers is None:
+            self.readers = [_ClassReader(x) for x in (self.first, self.second) if x is not None]
+
+        def softmax_at(reader: _ClassReader, log_z: Tensor) -> Tensor:
+            return reader.at(k).float().sub_(log_z.view(batch, size)).exp_()  # (outside 0..K-1: masked below)
+
+        p = softmax_at(self.readers[0], self.log_z[0])
+        if self.mixed:
+            p = torch.lerp(softmax_at(self.readers[1], self.log_z[1]), p, self.g).clamp_(min=0)
+            p.div_(self.mix_sum.view(batch, size))
         return p.masked_fill_((k < 0) | (k >= classes), 0.0)
 
 
@@ -810,6 +909,7 @@ class FSDD:
         sigma = (x1f - x0f).abs_().mul_(0.25 * f).add_(SIGMA_EPS)
         return self._kernel_step(mean, sigma, generator)
 
+    @_one_thread
     def _kernel_step(self, mean: Tensor, sigma: Tensor, generator: torch.Generator | None) -> Tensor:
         """Discretise, sample, greedy-adjust: mean, sigma (B, C) float32 -> z (B, C) int64 summing to M."""
         kernel = _GaussianKernel(mean, sigma, self.total)
@@ -840,16 +940,15 @@ class FSDD:
 
     # ---------------------------------------------------------------------------------------- sampler
 
-    def _posterior(self, model: Model, z: Tensor, t: Tensor, labels: Tensor, guidance: float,
-                   probs: Tensor) -> _ModelPosterior:
-        """Call the model (once; on 2B rows [labels; null label] when guiding) -> p(x1 | z_t) into probs."""
+    def _posterior(self, model: Model, z: Tensor, t: Tensor, labels: Tensor, guidance: float) -> _ModelPosterior:
+        """Call the model (once; on 2B rows [labels; null label] when guiding) -> p(x1 | z_t)."""
         if guidance == 1.0:
-            return _ModelPosterior(self._logits(model, z, t, labels), None, 1.0, probs)
+            return _ModelPosterior(self._logits(model, z, t, labels), None, 1.0)
         null = torch.full_like(labels, self.null_label)
         if guidance == 0.0:
-            return _ModelPosterior(None, self._logits(model, z, t, null), 0.0, probs)
+            return _ModelPosterior(None, self._logits(model, z, t, null), 0.0)
         both = self._logits(model, torch.cat([z, z]), torch.cat([t, t]), torch.cat([labels, null]))
-        return _ModelPosterior(both[: z.shape[0]], both[z.shape[0]:], guidance, probs)
+        return _ModelPosterior(both[: z.shape[0]], both[z.shape[0]:], guidance)
 
     @torch.no_grad()
     def sample(self, model: Model, labels: Tensor, steps: int = 25, top_p: float = 0.8, guidance: float = 1.0,
@@ -881,25 +980,31 @@ class FSDD:
             raise ValueError("guidance != 1 needs the null label: construct FSDD with num_classes or null_label")
         if not isinstance(sigma_schedule, SigmaSchedule):
             raise TypeError(f"sigma_schedule must be a SigmaSchedule, got {sigma_schedule!r}")
-        batch, device, total = labels.shape[0], labels.device, self.total
-        z = fixed_sum_noise(batch, self.codebook_size, total, generator, self.noise, device)
+        batch, device = labels.shape[0], labels.device
+        z = fixed_sum_noise(batch, self.codebook_size, self.total, generator, self.noise, device)
         states = [z] if return_trajectory else None
-        probs = torch.empty(batch, self.codebook_size, total + 1, device=device)  # reused by every step
         for i in range(steps):
             t, t_next = i / steps, (i + 1) / steps
-            posterior = self._posterior(model, z, torch.full((batch,), t, device=device), labels, guidance, probs)
-            u = torch.rand(z.shape, generator=generator, device=device)
-            x1_hat = posterior.draw(top_p, u)
-            x1_hat = _greedy_rounds(x1_hat, posterior.prob_at, total, True, generator)
-            _check_on_simplex(x1_hat, total, f"x1_hat at step {i}")
-            del posterior
-            x1f = x1_hat.float()
-            x0_hat = (z.float() - t * x1f) / (1.0 - t)
-            mean = t_next * x1f + (1.0 - t_next) * x0_hat
+            posterior = self._posterior(model, z, torch.full((batch,), t, device=device), labels, guidance)
             f = sigma_scale(sigma_schedule, t_next, self.sigmoid_steepness, self.sigmoid_midpoint)
-            sigma = (x0_hat - x1f).abs_().mul_(0.25 * f).add_(SIGMA_EPS)
-            z = self._kernel_step(mean, sigma, generator)
-            _check_on_simplex(z, total, f"z_t at t = {t_next:.4g}")
+            x1_hat, z = self._step(posterior, z, t, t_next, top_p, f, generator)
             if states is not None:
                 states += [x1_hat, z]
         return (z, states) if states is not None else z
+
+    @_one_thread
+    def _step(self, posterior: _ModelPosterior, z: Tensor, t: float, t_next: float, top_p: float, f: float,
+              generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """The sampler's own work in one step, after the model call (see sample): z_t (B, C) int64 and
+        p(x1 | z_t) -> (x1_hat, z_t'), both (B, C) int64 summing to M (checked). f: the sigma schedule at t'."""
+        total = self.total
+        u = torch.rand(z.shape, generator=generator, device=z.device)
+        x1_hat = _greedy_rounds(posterior.draw(top_p, u), posterior.prob_at, total, True, generator)
+        _check_on_simplex(x1_hat, total, f"x1_hat at t = {t:.4g}")
+        x1f = x1_hat.float()
+        x0_hat = (z.float() - t * x1f) / (1.0 - t)
+        mean = t_next * x1f + (1.0 - t_next) * x0_hat
+        sigma = (x0_hat - x1f).abs_().mul_(0.25 * f).add_(SIGMA_EPS)
+        z = self._kernel_step(mean, sigma, generator)
+        _check_on_simplex(z, total, f"z_t at t = {t_next:.4g}")
+        return x1_hat, z
