@@ -399,14 +399,15 @@ def test_two_ranks_hold_identical_weights(tmp_path):
 def test_a_generator_on_other_tokens_starts_over(tmp_path, capsys):
     """A changed tokenizer gives other tokens with the same configs: the generator's checkpoint is not reused."""
     from tokenset.config import DenoiserConfig, FSDDConfig
+    from tokenset.generators import fit_generator
 
     den = DenoiserConfig.preset("tiny", codebook_size=8, total=4, num_classes=2)
     cfg = TrainConfig.preset("tiny", steps=2, batch_size=8)
     tokens = torch.randint(0, 8, (16, 4), generator=torch.Generator().manual_seed(0))
     labels = torch.arange(16) % 2
     args = ("fsdd", den, FSDDConfig.preset("tiny"), cfg)
-    train_mod.fit_generator(*args, tokens, labels, tmp_path, progress=False)
-    train_mod.fit_generator(*args, tokens, labels, tmp_path, progress=False)
+    fit_generator(*args, tokens, labels, tmp_path, progress=False)
+    fit_generator(*args, tokens, labels, tmp_path, progress=False)
     assert "already finished (step 2 of 2, same configuration): reused" in capsys.readouterr().out
-    fit = train_mod.fit_generator(*args, (tokens + 1) % 8, labels, tmp_path, progress=False)
+    fit = fit_generator(*args, (tokens + 1) % 8, labels, tmp_path, progress=False)
     assert "another configuration (inputs.tokens: 'sha256:" in capsys.readouterr().out and fit["steps"] == 2
