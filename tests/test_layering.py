@@ -14,18 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_pipeline_deps import _module_file
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "tokenset"
 TOP_INIT = PACKAGE / "__init__.py"
-GROUND = ("config", "bijection", "atomic", "images", "set_decoders")
-
-
-def _module_file(name: str) -> Path | None:
-    parts = name.split(".")
-    for candidate in (ROOT.joinpath(*parts).with_suffix(".py"), ROOT.joinpath(*parts) / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
+GROUND = ("config", "bijection", "atomic", "images", "set_decoders", "trivial", "stats")
 
 
 def _module_name(path: Path) -> str:
