@@ -158,8 +158,10 @@ def _check_entries(z: Tensor, total: int, name: str) -> Tensor:
     _check_tensor(z, name, 2)
     _check_integer_dtype(z, name)
     z = z.long()
-    if z.numel() and (int(z.min()) < 0 or int(z.max()) > total):
-        raise ValueError(f"{name} entries must lie in [0, {total}], got min {int(z.min())}, max {int(z.max())}")
+    if z.numel():
+        low, high = (int(v) for v in torch.aminmax(z))
+        if low < 0 or high > total:
+            raise ValueError(f"{name} entries must lie in [0, {total}], got min {low}, max {high}")
     return z
 
 
@@ -436,28 +438,48 @@ def _ordered_key(gain: Tensor) -> Tensor:
     return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).long()
 
 
-def _top_r_mask(gain: Tensor, movable: Tensor, r: Tensor, tiebreak: Tensor) -> Tensor:
+def _top_r_mask(gain: Tensor, movable: Tensor, r: Tensor, tiebreak: Callable[[], Tensor]) -> Tensor:
     """Per row, the r movable positions with the largest gains, equal gains ordered by larger tiebreak.
 
-    gain: (R, C) float; movable: (R, C) bool; r: (R,) int64 with 1 <= r <= movable.sum(1);
-    tiebreak: (R, C) int64 in [0, 2^31). Returns (R, C) bool with exactly r True per row, all movable.
+    gain: (R, C) float, a scratch this function overwrites; movable: (R, C) bool; r: (R,) int64 with
+    0 <= r <= movable.sum(1);
+    tiebreak() -> (R, C) int64 in [0, 2^31), called only when needed. Returns (R, C) bool with exactly r True per
+    row, all movable. The tiebreak decides the set only where a row's r-th and (r + 1)-th largest gains are equal:
+    one topk of the gains settles every row without such a tie, and only a batch holding one ranks by
+    (gain, tiebreak).
     """
     kmax = int(r.max())
-    gain = gain.masked_fill(~movable, float("-inf"))  # movable gains are finite: strictly above
+    gain = gain.masked_fill_(~movable, float("-inf"))  # movable gains are finite: strictly above
+    take = torch.arange(kmax, device=gain.device)[None, :] < r[:, None]
+    if kmax == gain.shape[1]:  # some row moves every position: no (r + 1)-th place to compare with
+        return _top_r_by_key(gain, r, kmax, tiebreak)
+    values, top = gain.topk(kmax + 1, dim=1, sorted=True)
+    last = values.gather(1, (r - 1).clamp(min=0)[:, None])  # the r-th largest gain (rows with r = 0: unused)
+    if bool(((last == values.gather(1, r[:, None])) & (r[:, None] > 0)).any()):  # a tie across the r-th place
+        key = tiebreak().masked_fill(gain != last, -1).masked_fill_(gain > last, 1 << 32)  # ties by tiebreak
+        top = key.topk(kmax, dim=1, sorted=True).indices
+    return torch.zeros_like(movable).scatter_(1, top[:, :kmax], take)
+
+
+def _top_r_by_key(gain: Tensor, r: Tensor, kmax: int, tiebreak: Callable[[], Tensor]) -> Tensor:
+    """_top_r_mask by a full ranking on (gain, tiebreak): the r largest per row. gain: (R, C), -inf where not
+    movable."""
+    tb = tiebreak()
     if gain.dtype == torch.float64:  # exact order in float64: stable sort by gain after sorting by tiebreak
-        pre = torch.argsort(tiebreak, dim=1, descending=True, stable=True)
+        pre = torch.argsort(tb, dim=1, descending=True, stable=True)
         post = torch.sort(gain.gather(1, pre), dim=1, descending=True, stable=True).indices
         top = pre.gather(1, post[:, :kmax])
     else:  # float32 (half types widen exactly): one topk on a composite (gain, tiebreak) int64 key
-        top = (_ordered_key(gain) * (1 << 32) + tiebreak).topk(kmax, dim=1, sorted=True).indices
+        top = (_ordered_key(gain) * (1 << 32) + tb).topk(kmax, dim=1, sorted=True).indices
     take = torch.arange(kmax, device=gain.device)[None, :] < r[:, None]
-    return torch.zeros_like(movable).scatter_(1, top, take)
+    return torch.zeros(gain.shape, dtype=torch.bool, device=gain.device).scatter_(1, top, take)
 
 
-@_one_thread
-def _greedy_rounds(z: Tensor, prob_at: Callable[[Tensor], Tensor], total: int, random_ties: bool,
+def _greedy_rounds(z: Tensor, gains: Callable[[Tensor, Tensor], Tensor], total: int, random_ties: bool,
                    generator: torch.Generator | None) -> Tensor:
-    """Greedy adjustment in rounds (module docstring). z: (B, C) int64 in [0, total]; prob_at(k (B, C)) -> p(k).
+    """Greedy adjustment in rounds (module docstring). z: (B, C) int64 in [0, total]; gains(z, step) ->
+    p(z + step) - p(z) (B, C) float for step (B, 1) in {-1, 0, 1}, any value where z + step leaves 0..total. Runs with the caller's threads: the sampler calls it
+    under _one_thread; greedy_adjust, on a materialised tensor, reads it faster with all of them.
 
     Each round moves min(|d|, #movable) distinct positions of every unfinished row by one unit towards the sum,
     the movable positions with the largest gains p(z +- 1) - p(z) first. A deficit row can move every position
@@ -472,26 +494,31 @@ def _greedy_rounds(z: Tensor, prob_at: Callable[[Tensor], Tensor], total: int, r
     size = z.shape[1]
     while True:
         step = deficit.sign()[:, None]  # (B, 1): +1 deficit, -1 excess, 0 done
-        target = z + step
-        movable = (target >= 0) & (target <= total) & (step != 0)
+        movable = torch.where(step > 0, z < total, z > 0).logical_and_(step != 0)
         n_movable = movable.sum(1)
         r = torch.minimum(deficit.abs(), n_movable)  # (B,)
         if bool((r == n_movable).all()):
             chosen = movable
         else:
-            gain = prob_at(target).sub_(prob_at(z))
-            if random_ties:
-                tiebreak = torch.randint(0, 1 << 31, z.shape, generator=generator, device=z.device)
-            else:  # lowest index first
-                tiebreak = (size - 1 - torch.arange(size, device=z.device)).expand_as(z)
+            gain = gains(z, step)
+
+            def tiebreak() -> Tensor:
+                if random_ties:
+                    return torch.randint(0, 1 << 31, z.shape, generator=generator, device=z.device)
+                return (size - 1 - torch.arange(size, device=z.device)).expand_as(z)  # lowest index first
+
             chosen = _top_r_mask(gain, movable, r, tiebreak)
-        z = z + step * chosen
+        z = chosen.long().mul_(step).add_(z)
         deficit = deficit - step[:, 0] * r
         if not bool(deficit.any()):
             return z
 
 
-@_one_thread
+def _gains_of(prob_at: Callable[[Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
+    """_greedy_rounds' gains(z, step) = p(z + step) - p(z) from p(k) at integer k (B, C)."""
+    return lambda z, step: prob_at(z + step).sub_(prob_at(z))
+
+
 def greedy_adjust(z: Tensor, probs: Tensor, total: int, *, random_ties: bool = False,
                   generator: torch.Generator | None = None) -> Tensor:
     """Greedy adjustment (paper section 3): restore every row's sum to exactly ``total`` by +-1 moves.
@@ -514,17 +541,19 @@ def greedy_adjust(z: Tensor, probs: Tensor, total: int, *, random_ties: bool = F
     if probs.shape != (*z.shape, total + 1):
         raise ValueError(f"probs must have shape {(*z.shape, total + 1)} (z's shape, total + 1 classes), "
                          f"got {tuple(probs.shape)}")
-    reader = _ClassReader(probs)
 
-    def prob_at(k: Tensor) -> Tensor:  # the entries read, checked as they are read
-        p = reader.at(k)
-        low, high = torch.aminmax(p)  # NaN propagates: min >= 0 and max < inf leave only finite values
+    def gains(z: Tensor, step: Tensor) -> Tensor:  # p(z + step) - p(z), both read in one gather, checked as read
+        at = (z[..., None] + torch.cat((torch.zeros_like(step), step), 1)[:, None, :]).clamp_(0, total)
+        pair = probs.gather(2, at)  # adjacent entries: one cache line, one page
+        low, high = torch.aminmax(pair)  # NaN propagates: min >= 0 and max < inf leave only finite values
         if not (float(low) >= 0 and float(high) < math.inf):
             raise ValueError(f"probs must be finite and non-negative where greedy adjustment reads them, got "
                              f"values in [{float(low)}, {float(high)}]")
-        return p
+        if pair.dtype in (torch.float16, torch.bfloat16):
+            pair = pair.float()
+        return pair[..., 1] - pair[..., 0]
 
-    return _greedy_rounds(z, prob_at, total, random_ties, generator)
+    return _greedy_rounds(z, gains, total, random_ties, generator)
 
 
 class _ClassReader:
@@ -542,6 +571,7 @@ class _ClassReader:
         return p.masked_fill_((k < 0) | (k >= self.classes), 0.0)
 
 
+
 @_one_thread
 def greedy_adjust_gaussian(z: Tensor, mean: Tensor, sigma: Tensor, total: int, *, random_ties: bool = False,
                            generator: torch.Generator | None = None) -> Tensor:
@@ -557,7 +587,7 @@ def greedy_adjust_gaussian(z: Tensor, mean: Tensor, sigma: Tensor, total: int, *
         raise ValueError(f"z must have the shape of mean {tuple(mean.shape)}, got {tuple(z.shape)}")
     kernel = _GaussianKernel(mean, sigma, total)
     kernel.evaluate()
-    return _greedy_rounds(z, kernel.prob_at, total, random_ties, generator)
+    return _greedy_rounds(z, _gains_of(kernel.prob_at), total, random_ties, generator)
 
 
 # ============================================================================================ model posterior
@@ -915,7 +945,7 @@ class FSDD:
         kernel = _GaussianKernel(mean, sigma, self.total)
         u = torch.rand(mean.shape, generator=generator, device=mean.device)
         z = kernel.evaluate(u)
-        return _greedy_rounds(z, kernel.prob_at, self.total, True, generator)
+        return _greedy_rounds(z, _gains_of(kernel.prob_at), self.total, True, generator)
 
     def training_loss(self, model: Model, counts: Tensor, labels: Tensor,
                       generator: torch.Generator | None = None) -> dict[str, Tensor]:
@@ -999,7 +1029,7 @@ class FSDD:
         p(x1 | z_t) -> (x1_hat, z_t'), both (B, C) int64 summing to M (checked). f: the sigma schedule at t'."""
         total = self.total
         u = torch.rand(z.shape, generator=generator, device=z.device)
-        x1_hat = _greedy_rounds(posterior.draw(top_p, u), posterior.prob_at, total, True, generator)
+        x1_hat = _greedy_rounds(posterior.draw(top_p, u), _gains_of(posterior.prob_at), total, True, generator)
         _check_on_simplex(x1_hat, total, f"x1_hat at t = {t:.4g}")
         x1f = x1_hat.float()
         x0_hat = (z.float() - t * x1f) / (1.0 - t)
