@@ -100,3 +100,69 @@ def test_image_rows_writes_a_png(tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="one shape per row"):
         image_rows({"a": x, "b": x[:2]}, tmp_path / "bad.png")
+
+
+# --------------------------------------------------------------------------------------------- training logs
+
+
+def _log(psnr):
+    return pd.DataFrame({"step": [10 * (i + 1) for i in range(len(psnr))],
+                         "elapsed_s": [1.5 * (i + 1) for i in range(len(psnr))], "val_psnr": psnr})
+
+
+def test_first_reaching_takes_the_first_row_at_or_above():
+    log = _log([10.0, 14.9, 15.0, 13.0, 16.0])
+    step, seconds = analysis.first_reaching(log, 15.0)
+    assert (step, seconds) == (30, 4.5) and type(step) is int and type(seconds) is float  # 15.0 reaches 15.0
+    assert analysis.first_reaching(log, 15.5) == (50, 7.5)  # later than a dip back to 13
+    assert analysis.first_reaching(log, 5) == (10, 1.5)
+    assert analysis.first_reaching(log, 16.01) == (None, None)
+    # an empty val_psnr (a row without validation) never counts; another column can be read
+    assert analysis.first_reaching(_log([float("nan"), 12.0]), 11.0) == (20, 3.0)
+    assert analysis.first_reaching(log.assign(usage=[0.1, 0.2, 0.9, 0.95, 1.0]), 0.9, column="usage") == (30, 4.5)
+
+
+def test_first_reaching_rejects_bad_input():
+    log = _log([10.0, 20.0])
+    with pytest.raises(ValueError, match="log has no column 'elapsed_s'.*'step', 'elapsed_s' and 'val_psnr'"):
+        analysis.first_reaching(log.drop(columns="elapsed_s"), 15.0)
+    with pytest.raises(ValueError, match="log has no column 'val_ssim'"):
+        analysis.first_reaching(log, 0.5, column="val_ssim")
+    with pytest.raises(ValueError, match="expected a pandas DataFrame"):
+        analysis.first_reaching(log.to_dict("list"), 15.0)
+    with pytest.raises(ValueError, match="threshold: expected a number"):
+        analysis.first_reaching(log, float("nan"))
+    with pytest.raises(ValueError, match="threshold: expected a number"):
+        analysis.first_reaching(log, "15")
+    with pytest.raises(ValueError, match="log column 'val_psnr': expected numbers"):
+        analysis.first_reaching(log.assign(val_psnr=["a", "b"]), 15.0)
+
+
+def test_seed_run_names_the_tokenizer_stage_folders():
+    assert analysis.seed_run("set", 0, (0, 1, 2)) == "set"
+    assert analysis.seed_run("ordered", 2, (0, 1, 2)) == "ordered_seed2"
+    with pytest.raises(ValueError, match="not one of the tokenizer seeds"):
+        analysis.seed_run("set", 5, (0, 1))
+
+
+def test_fid_log_records_floor_and_find(monkeypatch):
+    calls = []
+
+    def fake_fid_kid(real, fake, *, real_split, seed, **options):
+        calls.append((len(real), len(fake), real_split, seed, options))
+        return {"fid": float(fake.float().mean()), "seed": seed}
+
+    monkeypatch.setattr(analysis.metrics, "fid_kid", fake_fid_kid)
+    reference = torch.zeros(6, 3, 8, 8, dtype=torch.uint8)
+    log = analysis.FidLog(reference, "ref6", {"extractor": "dataset"})
+    images = torch.arange(10, dtype=torch.uint8)[:, None, None, None].expand(10, 3, 8, 8)
+    floor = log.floor(images, 4, seeds=(0, 1))
+    assert set(floor) == {0, 1} and floor[0]["fid"] != floor[1]["fid"]  # different draws per seed
+    log.score(images[:2], 3, what="gFID", generator="fsdd")
+    assert calls[-1] == (6, 2, "ref6", 3, {"extractor": "dataset"})
+    assert log.find(generator="fsdd", what="gFID")["seed"] == 3
+    assert [r["what"] for r in log.records] == ["real-vs-real floor", "real-vs-real floor", "gFID"]
+    with pytest.raises(KeyError, match="no FID record"):
+        log.find(generator="ar")
+    with pytest.raises(ValueError, match="only 10 given"):
+        log.floor(images, 11, seeds=(0,))

@@ -172,3 +172,44 @@ def test_bad_inputs_raise_value_error():
         robustness.kept_shares(model, u8, snr_db=[])
     with pytest.raises(ValueError, match="per_image: expected a DataFrame with columns"):
         robustness.summarise(pd.DataFrame(dict(kept=[1.0])))
+
+
+def _per_image(arm, offset):
+    rows = []
+    for snr in (20.0, 10.0):
+        for metric in robustness.METRICS:
+            for image in range(4):
+                kept = 0.5 + offset + (0.1 if metric == "multiset" else 0.0) + (0.2 if snr == 20.0 else 0.0)
+                rows.append(dict(arm=arm, image=image, snr_db=snr, metric=metric, kept=kept, measured_snr_db=snr + 1))
+    return pd.DataFrame(rows)
+
+
+def test_natural_means_pick_each_arms_metric():
+    means = robustness.natural_means(pd.concat([_per_image("set", 0.0), _per_image("ordered", 0.0)]))
+    got = means.set_index(["arm", "snr_db"])["kept_mean"]
+    assert got["set", 20.0] == pytest.approx(0.8)  # multiset
+    assert got["ordered", 20.0] == pytest.approx(0.7)  # position
+    with pytest.raises(ValueError, match="columns"):
+        robustness.natural_means(pd.DataFrame(dict(arm=["set"])))
+
+
+def test_compare_seeds_pairs_the_arms_by_seed():
+    per_seed = pd.concat([robustness.natural_means(pd.concat([_per_image("set", 0.01 * s),
+                                                              _per_image("ordered", 0.02 * s)])).assign(seed=s)
+                          for s in range(3)])
+    table = robustness.compare_seeds(per_seed).set_index("snr_db")
+    # set - ordered per seed: 0.1 + 0.01 s - 0.02 s = 0.1, 0.09, 0.08 -> mean 0.09, std 0.01
+    assert table.loc[20.0, "diff"] == pytest.approx(0.09)
+    assert table.loc[20.0, "std"] == pytest.approx(0.01)
+    assert table.loc[20.0, "ci_low"] < 0.09 < table.loc[20.0, "ci_high"]
+    assert table.loc[20.0, "seeds"] == 3
+    assert list(table.index) == [20.0, 10.0]
+    with pytest.raises(ValueError, match="no rows of arm 'ordered'"):
+        robustness.compare_seeds(per_seed[per_seed.arm == "set"])
+
+
+def test_describe_one_cell():
+    table = pd.DataFrame([dict(arm="set", metric="multiset", snr_db=20.0, kept_mean=0.5, kept_lo=0.4, kept_hi=0.6)])
+    assert robustness.describe(table, "set", "multiset", 20.0) == "50.0% [40.0, 60.0]"
+    with pytest.raises(ValueError, match="found 0"):
+        robustness.describe(table, "set", "position", 20.0)

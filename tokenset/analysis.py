@@ -1,6 +1,7 @@
 """Analyses that sit on top of a trained tokenizer: batched encode/decode of uint8 images, token orders, the
 permutation evidence (does the decode depend on the order of the tokens?), and ``score_tokenizer``, the one way every
-stage scores a tokenizer's reconstructions (beside ``score_reconstruction`` for the trivial baselines).
+stage scores a tokenizer's reconstructions (beside ``score_reconstruction`` for the trivial baselines), and
+``first_reaching``: when a training log first reached a score.
 
 The set tokenizer's decoder has no latent positional embedding, so ``decode(tokens[:, perm]) == decode(tokens)``
 up to float rounding for every permutation ``perm``; the ordered (TiTok) control has one, so it does not.
@@ -9,8 +10,11 @@ up to float rounding for every permutation ``perm``; the ordered (TiTok) control
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator
+import math
+import numbers
+from typing import Any, Iterator, Sequence
 
+import pandas as pd
 import torch
 
 from tokenset import metrics
@@ -19,7 +23,8 @@ from tokenset.images import to_float, to_uint8
 from tokenset.tokenizer import SetTokenizer
 
 __all__ = ["ORDERS", "reorder", "encode_images", "decode_tokens", "reconstruct", "permutation_spread",
-           "Score", "score_reconstruction", "score_tokenizer", "reference_subset", "one_per_class"]
+           "Score", "score_reconstruction", "score_tokenizer", "reference_subset", "one_per_class",
+           "first_reaching"]
 
 ORDERS = ("original", "reversed", "shuffled", "ascending", "descending")
 
@@ -137,6 +142,43 @@ def score_tokenizer(model: SetTokenizer, images: torch.Tensor, batch_size: int =
     return score
 
 
+class FidLog:
+    """``metrics.fid_kid`` of fake sets against one fixed real set, every result kept with its labels.
+
+    reference: uint8 (N, 3, H, W), the real set of every score; real_split: its name in the feature cache;
+    options: ``metrics.fid_options(...)``. ``records`` (a list of dicts: the labels, then fid_kid's result) is what
+    a stage writes to results/.../records.json.
+    """
+
+    def __init__(self, reference: torch.Tensor, real_split: str, options: dict[str, Any]) -> None:
+        self.reference, self.real_split, self.options = reference, real_split, dict(options)
+        self.records: list[dict[str, Any]] = []
+
+    def score(self, fake: torch.Tensor, seed: int = 0, **labels: Any) -> dict[str, Any]:
+        """fid_kid(reference, fake) with ``seed``; the result is recorded under ``labels`` and returned."""
+        result = metrics.fid_kid(self.reference, fake, real_split=self.real_split, seed=seed, **self.options)
+        self.records.append({**labels, **result})
+        return result
+
+    def floor(self, images: torch.Tensor, n: int, seeds: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """The real-vs-real floor at ``n`` fakes: for each seed, ``n`` of ``images`` drawn without replacement
+        (``torch.randperm`` seeded by it) scored against the reference. Returns {seed: result}."""
+        if n > len(images):
+            raise ValueError(f"floor: n = {n} images requested, only {len(images)} given")
+        out = {}
+        for seed in seeds:
+            pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
+            out[seed] = self.score(images[pick], seed, what="real-vs-real floor")
+        return out
+
+    def find(self, **labels: Any) -> dict[str, Any]:
+        """The first record whose labels include ``labels`` (KeyError naming them if none)."""
+        for record in self.records:
+            if all(record.get(k) == v for k, v in labels.items()):
+                return record
+        raise KeyError(f"no FID record with {labels}; {len(self.records)} records")
+
+
 def reference_subset(images: torch.Tensor, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """The real reference of every FID: ``n`` images drawn without replacement by ``seed`` (all of them if ``n`` is 0
     or at least their number), in the drawn order. Returns (images (n, ...), their indices (n,) int64)."""
@@ -148,7 +190,43 @@ def reference_subset(images: torch.Tensor, n: int, seed: int = 0) -> tuple[torch
     return images[index], index
 
 
+def seed_run(arm: str, seed: int, seeds: Sequence[int]) -> str:
+    """The checkpoint folder of ``arm`` trained with ``seed`` by stage ``tokenizer``: ``arm`` for the first of
+    ``seeds`` (the run every later stage uses), ``{arm}_seed{seed}`` for the others."""
+    seeds = list(seeds)
+    if seed not in seeds:
+        raise ValueError(f"seed {seed!r} is not one of the tokenizer seeds {seeds}")
+    return arm if seed == seeds[0] else f"{arm}_seed{seed}"
+
+
 def one_per_class(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """The index of the first image of each class 0..num_classes-1 (classes with no image are skipped): (K,) int64."""
     picks = [int(torch.nonzero(labels == k)[0]) for k in range(num_classes) if bool((labels == k).any())]
     return torch.as_tensor(picks, dtype=torch.int64)
+
+
+# --------------------------------------------------------------------------------------------- training logs
+
+
+def first_reaching(log: pd.DataFrame, threshold: float, column: str = "val_psnr") -> tuple[int | None, float | None]:
+    """When a training run first reached a score: (step, training seconds) of the first row of ``log`` whose
+    ``column`` is at least ``threshold``, or (None, None) if no row does.
+
+    log: a tokenizer's training log (``log.csv`` of ``train.fit_tokenizer``, one row per ``train.log_every`` steps,
+    in training order) with the columns ``step``, ``elapsed_s`` and ``column``; a row whose ``column`` is empty
+    (NaN) never counts. Returns (int step, float elapsed_s).
+    """
+    if not isinstance(log, pd.DataFrame):
+        raise ValueError(f"log: expected a pandas DataFrame (a training log.csv), got {type(log).__name__}")
+    for name in ("step", "elapsed_s", column):
+        if name not in log.columns:
+            raise ValueError(f"log has no column {name!r}: expected a training log with the columns 'step', "
+                             f"'elapsed_s' and {column!r}, got {list(log.columns)}")
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or math.isnan(threshold):
+        raise ValueError(f"threshold: expected a number, got {threshold!r}")
+    try:
+        values = pd.to_numeric(log[column])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"log column {column!r}: expected numbers, got {log[column].dtype} ({err})") from None
+    hit = log[values >= threshold]
+    return (None, None) if hit.empty else (int(hit["step"].iloc[0]), float(hit["elapsed_s"].iloc[0]))

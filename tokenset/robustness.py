@@ -35,10 +35,11 @@ import torch
 from tokenset.analysis import encode_images
 from tokenset.bijection import set_to_counts
 from tokenset.images import to_float
+from tokenset.stats import paired_difference
 from tokenset.tokenizer import SetTokenizer
 
 __all__ = ["SNR_DB", "METRICS", "signal_power", "add_noise", "measured_snr_db", "multiset_kept", "position_kept",
-           "kept_shares", "bootstrap_mean", "summarise", "TABLE_NOTE"]
+           "kept_shares", "bootstrap_mean", "summarise", "natural_means", "compare_seeds", "describe", "TABLE_NOTE"]
 
 SNR_DB = (40.0, 30.0, 20.0, 10.0, 1.0)  # the paper's Table 2 levels
 METRICS = ("multiset", "position")
@@ -225,3 +226,54 @@ def summarise(per_image: pd.DataFrame, n_boot: int = 1000, seed: int = 0, level:
                          natural=natural, kept_mean=mean, kept_lo=lo, kept_hi=hi, images=len(g)))
     return pd.DataFrame(rows).sort_values(["arm", "metric", "snr_db"], ascending=[False, True, False],
                                           ignore_index=True)
+
+
+def natural_means(per_image: pd.DataFrame) -> pd.DataFrame:
+    """Per-image kept shares of several arms (``kept_shares`` output with an ``arm`` column) -> the mean share of
+    each arm's natural metric (multiset for a set tokenizer, position for ``ordered``) per SNR level: columns arm,
+    snr_db, measured_snr_db, kept_mean."""
+    need = {"arm", "metric", "snr_db", "kept", "measured_snr_db"}
+    if not isinstance(per_image, pd.DataFrame) or not need <= set(per_image.columns):
+        got = sorted(per_image.columns) if isinstance(per_image, pd.DataFrame) else type(per_image).__name__
+        raise ValueError(f"per_image: expected a DataFrame with columns {sorted(need)}, got {got}")
+    natural = per_image[(per_image["metric"] == "multiset") == (per_image["arm"] != "ordered")]
+    return (natural.groupby(["arm", "snr_db"], sort=False)
+            .agg(measured_snr_db=("measured_snr_db", "mean"), kept_mean=("kept", "mean")).reset_index())
+
+
+def compare_seeds(per_seed: pd.DataFrame, arm: str = "set", control: str = "ordered",
+                  level: float = 0.95) -> pd.DataFrame:
+    """Run-level comparison of two arms over independently trained tokenizers.
+
+    per_seed: ``natural_means`` rows of several seeds, with a ``seed`` column (each seed trained once per arm).
+    Returns one row per SNR level: snr_db, measured_snr_db (mean over seeds and arms), ``{arm}`` and ``{control}``
+    (mean natural kept share over seeds), diff (arm minus control, paired by seed), std (ddof 1), ci_low,
+    ci_high (``level`` t interval over seeds; NaN with one seed), seeds.
+    """
+    need = {"arm", "seed", "snr_db", "measured_snr_db", "kept_mean"}
+    if not isinstance(per_seed, pd.DataFrame) or not need <= set(per_seed.columns):
+        got = sorted(per_seed.columns) if isinstance(per_seed, pd.DataFrame) else type(per_seed).__name__
+        raise ValueError(f"per_seed: expected a DataFrame with columns {sorted(need)}, got {got}")
+    wide = per_seed.pivot_table(index=["snr_db", "seed"], columns="arm", values="kept_mean")
+    for name in (arm, control):
+        if name not in wide.columns:
+            raise ValueError(f"per_seed: no rows of arm {name!r}; arms present: {sorted(wide.columns)}")
+    wide = wide[[arm, control]].dropna()
+    rows = []
+    for snr, g in wide.groupby(level="snr_db", sort=False):
+        d = paired_difference(g[arm].to_numpy(), g[control].to_numpy(), level)
+        seen = float(per_seed.loc[per_seed["snr_db"] == snr, "measured_snr_db"].mean())
+        rows.append({"snr_db": snr, "measured_snr_db": seen, arm: float(g[arm].mean()),
+                     control: float(g[control].mean()), "diff": d["mean"], "std": d["std"], "ci_low": d["ci_low"],
+                     "ci_high": d["ci_high"], "seeds": d["n"]})
+    return pd.DataFrame(rows).sort_values("snr_db", ascending=False, ignore_index=True)
+
+
+def describe(table: pd.DataFrame, arm: str, metric: str, snr_db: float) -> str:
+    """One cell of a ``summarise`` table as text: 'kept% [lo, hi]' in percent."""
+    row = table[(table["arm"] == arm) & (table["metric"] == metric) & (table["snr_db"] == snr_db)]
+    if len(row) != 1:
+        raise ValueError(f"table: expected one row for arm {arm!r}, metric {metric!r}, snr_db {snr_db}, "
+                         f"found {len(row)}")
+    r = row.iloc[0]
+    return f"{100 * r.kept_mean:.1f}% [{100 * r.kept_lo:.1f}, {100 * r.kept_hi:.1f}]"

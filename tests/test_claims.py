@@ -1,0 +1,95 @@
+"""The verdict rules and the claims table built from the stages' tables."""
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from tokenset import claims
+from tokenset.claims import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
+
+
+def test_directional_verdict_by_the_interval_and_the_runs():
+    assert claims.directional_verdict(0.1, 0.5, runs=3) == REPRODUCED
+    assert claims.directional_verdict(-0.5, -0.1, runs=3) == NOT_REPRODUCED
+    assert claims.directional_verdict(-0.1, 0.5, runs=3) == INCONCLUSIVE
+    assert claims.directional_verdict(0.1, 0.5, runs=2) == INCONCLUSIVE  # too few trained runs, whatever the numbers
+    assert claims.directional_verdict(0.1, 0.5) == REPRODUCED  # not a comparison of runs (e.g. over images)
+    assert claims.directional_verdict(math.nan, math.nan, runs=5) == INCONCLUSIVE
+
+
+def test_equivalence_verdict_against_the_margin():
+    assert claims.equivalence_verdict(-0.3, 0.4, 0.5, runs=3) == REPRODUCED
+    assert claims.equivalence_verdict(-0.6, 0.4, 0.5, runs=3) == INCONCLUSIVE
+    assert claims.equivalence_verdict(0.6, 1.4, 0.5, runs=3) == NOT_REPRODUCED
+    assert claims.equivalence_verdict(-0.3, 0.4, 0.5, runs=1) == INCONCLUSIVE
+
+
+def test_bad_intervals_are_named():
+    with pytest.raises(ValueError, match="low 1.0 is above high 0.0"):
+        claims.directional_verdict(1.0, 0.0)
+    with pytest.raises(ValueError, match="margin"):
+        claims.equivalence_verdict(-1.0, 1.0, 0.0)
+
+
+def _tables(root, robust_diff=0.05, seeds=3):
+    t = root / "tables"
+    t.mkdir(parents=True)
+    pd.DataFrame([dict(arm=a, seed=s, val_psnr=17.0 + 0.1 * s + (0.05 if a == "set" else 0.0))
+                  for a in ("set", "ordered") for s in range(seeds)]).to_csv(t / "tokenizer_runs.csv", index=False)
+    orders = ("original", "reversed", "shuffled")
+    pd.DataFrame([dict(arm="set", order=o, val_psnr=17.2, changed_pixels=1e-5 if i else 0.0)
+                  for i, o in enumerate(orders)]
+                 + [dict(arm="ordered", order=o, val_psnr=16.6 - 4 * bool(i), changed_pixels=0.8 * bool(i))
+                    for i, o in enumerate(orders)]).to_csv(t / "permutation.csv", index=False)
+    (root / "permutation").mkdir()
+    (root / "permutation" / "metrics.json").write_text(json.dumps({"spread": {"set": {"max": 1e-6,
+                                                                                      "permutations": 100}}}))
+    pd.DataFrame([dict(arm=a, val_psnr=12.0 - i, steps=100) for i, a in enumerate(("set", "ordered", "mean"))]
+                 ).to_csv(t / "ablation_set.csv", index=False)
+    pd.DataFrame([dict(snr_db=20.0, measured_snr_db=21.7, set=0.9, ordered=0.8, diff=robust_diff,
+                       ci_low=robust_diff - 0.02, ci_high=robust_diff + 0.02, seeds=seeds)]
+                 ).to_csv(t / "robustness_seeds.csv", index=False)
+    pd.DataFrame([dict(**{"class": "all"}, measure="png_bytes", rho=-0.07, lo=-0.09, hi=-0.05, n=10000),
+                  dict(**{"class": "Bag"}, measure="png_bytes", rho=0.2, lo=0.1, hi=0.3, n=1000)]
+                 ).to_csv(t / "allocation.csv", index=False)
+    pd.DataFrame([dict(M=m, C=c, bits_per_image=m * math.log2(c), val_psnr=10 + m / 16, steps=100)
+                  for m in (16, 32, 64) for c in (256, 1024)]).to_csv(t / "sweep.csv", index=False)
+    pd.DataFrame([dict(generator=g, seed=s, fid=200 + 10 * (g == "ar") + s) for g in ("fsdd", "ar", "masked_sorted")
+                  for s in (0, 1)]).to_csv(t / "gfid_runs.csv", index=False)
+
+
+def test_collect_judges_every_claim_from_its_table(tmp_path):
+    _tables(tmp_path)
+    table = claims.collect(tmp_path).set_index("claim")
+    assert list(table.columns) == list(claims.COLUMNS[1:])
+    assert table.loc["1. Order does not matter", "verdict"] == REPRODUCED
+    assert table.loc["0. A set reconstructs as well as a sequence", "verdict"] == REPRODUCED  # +0.05 dB, no spread
+    assert table.loc["2. Set beats mean", "verdict"] == INCONCLUSIVE  # one run per arm
+    assert table.loc["3. More tokens survive noise at 20 dB", "verdict"] == REPRODUCED
+    assert table.loc["4. Capacity follows complexity", "verdict"] == NOT_REPRODUCED  # interval below 0
+    assert "1 of 1 classes" in table.loc["4. Capacity follows complexity", "ours"]
+    assert table.loc["5. More tokens / codes reconstruct better", "verdict"] == INCONCLUSIVE
+    assert table.loc["6. FSDD beats ar", "verdict"] == INCONCLUSIVE  # one trained generator each
+    assert "ar minus FSDD +10.0" in table.loc["6. FSDD beats ar", "ours"]
+
+
+def test_robustness_with_too_few_seeds_or_the_wrong_sign(tmp_path):
+    _tables(tmp_path / "a", robust_diff=0.05, seeds=2)
+    _tables(tmp_path / "b", robust_diff=-0.05, seeds=3)
+    verdict = {k: claims.collect(tmp_path / k).set_index("claim").loc["3. More tokens survive noise at 20 dB",
+                                                                       "verdict"] for k in "ab"}
+    assert verdict == {"a": INCONCLUSIVE, "b": NOT_REPRODUCED}
+
+
+def test_a_missing_or_malformed_table_is_named(tmp_path):
+    _tables(tmp_path)
+    (tmp_path / "tables" / "gfid_runs.csv").unlink()
+    with pytest.raises(FileNotFoundError, match="gfid_runs.csv: table missing"):
+        claims.collect(tmp_path)
+    pd.DataFrame(dict(generator=["fsdd"], seed=[0])).to_csv(tmp_path / "tables" / "gfid_runs.csv", index=False)
+    with pytest.raises(ValueError, match="expected columns"):
+        claims.collect(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no tables"):
+        claims.collect(tmp_path / "nowhere")
