@@ -209,19 +209,28 @@ def bootstrap_mean(values: np.ndarray | Sequence[float], n_boot: int = 1000, see
     return float(v.mean()), float(lo), float(hi)
 
 
+def _check_columns(table: object, name: str, need: set[str]) -> None:
+    if not isinstance(table, pd.DataFrame) or not need <= set(table.columns):
+        got = sorted(table.columns) if isinstance(table, pd.DataFrame) else type(table).__name__
+        raise ValueError(f"{name}: expected a DataFrame with columns {sorted(need)}, got {got}")
+
+
+def _natural(arm, metric):
+    """Whether ``metric`` is the one that fits ``arm`` (scalars or Series): multiset for a set tokenizer, position
+    for the ordered control."""
+    return (metric == "multiset") == (arm != "ordered")
+
+
 def summarise(per_image: pd.DataFrame, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
     """Per-image kept shares (``kept_shares`` output, with an ``arm`` column) -> one row per arm x metric x SNR:
     arm, metric, snr_db (nominal), measured_snr_db (the SNR after the clamp, mean over images; beside the nominal
     one because the clamp lowers the noise at low SNR: nominal 1 dB can be 3 dB seen), natural, kept_mean, kept_lo,
     kept_hi (bootstrap over images), images."""
-    need = {"arm", "metric", "snr_db", "kept", "measured_snr_db"}
-    if not isinstance(per_image, pd.DataFrame) or not need <= set(per_image.columns):
-        got = sorted(per_image.columns) if isinstance(per_image, pd.DataFrame) else type(per_image).__name__
-        raise ValueError(f"per_image: expected a DataFrame with columns {sorted(need)}, got {got}")
+    _check_columns(per_image, "per_image", {"arm", "metric", "snr_db", "kept", "measured_snr_db"})
     rows = []
     for (arm, metric, snr), g in per_image.groupby(["arm", "metric", "snr_db"], sort=False):
         mean, lo, hi = bootstrap_mean(g["kept"].to_numpy(), n_boot, seed, level)
-        natural = (metric == "multiset") == (arm != "ordered")
+        natural = _natural(arm, metric)
         rows.append(dict(arm=arm, metric=metric, snr_db=snr, measured_snr_db=float(g["measured_snr_db"].mean()),
                          natural=natural, kept_mean=mean, kept_lo=lo, kept_hi=hi, images=len(g)))
     return pd.DataFrame(rows).sort_values(["arm", "metric", "snr_db"], ascending=[False, True, False],
@@ -232,11 +241,8 @@ def natural_means(per_image: pd.DataFrame) -> pd.DataFrame:
     """Per-image kept shares of several arms (``kept_shares`` output with an ``arm`` column) -> the mean share of
     each arm's natural metric (multiset for a set tokenizer, position for ``ordered``) per SNR level: columns arm,
     snr_db, measured_snr_db, kept_mean."""
-    need = {"arm", "metric", "snr_db", "kept", "measured_snr_db"}
-    if not isinstance(per_image, pd.DataFrame) or not need <= set(per_image.columns):
-        got = sorted(per_image.columns) if isinstance(per_image, pd.DataFrame) else type(per_image).__name__
-        raise ValueError(f"per_image: expected a DataFrame with columns {sorted(need)}, got {got}")
-    natural = per_image[(per_image["metric"] == "multiset") == (per_image["arm"] != "ordered")]
+    _check_columns(per_image, "per_image", {"arm", "metric", "snr_db", "kept", "measured_snr_db"})
+    natural = per_image[_natural(per_image["arm"], per_image["metric"])]
     return (natural.groupby(["arm", "snr_db"], sort=False)
             .agg(measured_snr_db=("measured_snr_db", "mean"), kept_mean=("kept", "mean")).reset_index())
 
@@ -250,10 +256,7 @@ def compare_seeds(per_seed: pd.DataFrame, arm: str = "set", control: str = "orde
     (mean natural kept share over seeds), diff (arm minus control, paired by seed), std (ddof 1), ci_low,
     ci_high (``level`` t interval over seeds; NaN with one seed), seeds.
     """
-    need = {"arm", "seed", "snr_db", "measured_snr_db", "kept_mean"}
-    if not isinstance(per_seed, pd.DataFrame) or not need <= set(per_seed.columns):
-        got = sorted(per_seed.columns) if isinstance(per_seed, pd.DataFrame) else type(per_seed).__name__
-        raise ValueError(f"per_seed: expected a DataFrame with columns {sorted(need)}, got {got}")
+    _check_columns(per_seed, "per_seed", {"arm", "seed", "snr_db", "measured_snr_db", "kept_mean"})
     wide = per_seed.pivot_table(index=["snr_db", "seed"], columns="arm", values="kept_mean")
     for name in (arm, control):
         if name not in wide.columns:
