@@ -438,67 +438,77 @@ def _ordered_key(gain: Tensor) -> Tensor:
     return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).long()
 
 
-def _top_r_mask(gain: Tensor, movable: Tensor, r: Tensor, tiebreak: Callable[[], Tensor]) -> Tensor:
+def _top_r(gain: Tensor, immovable: Tensor, r: Tensor, tiebreak: Callable[[], Tensor]) -> tuple[Tensor, Tensor]:
     """Per row, the r movable positions with the largest gains, equal gains ordered by larger tiebreak.
 
-    gain: (R, C) float, a scratch this function overwrites; movable: (R, C) bool; r: (R,) int64 with
-    0 <= r <= movable.sum(1);
-    tiebreak() -> (R, C) int64 in [0, 2^31), called only when needed. Returns (R, C) bool with exactly r True per
-    row, all movable. The tiebreak decides the set only where a row's r-th and (r + 1)-th largest gains are equal:
-    one topk of the gains settles every row without such a tie, and only a batch holding one ranks by
-    (gain, tiebreak).
+    gain: (R, C) float, a scratch this function overwrites; immovable: (R, C) bool; r: (R,) int64 with
+    0 <= r <= number of movable positions (rows with r = 0 choose nothing, whatever their immovable); tiebreak() -> (R, C) int64 in [0, 2^31), called only when needed.
+    Returns (index (R, K) int64, take (R, K) bool): the chosen positions of row i are index[i][take[i]], exactly
+    r[i] distinct movable ones (the others in a row are unused). The tiebreak decides the set only where a row's
+    r-th and (r + 1)-th largest gains are equal: one topk of the gains settles every other row, and the rows with
+    such a tie add their tied part from the positions equal to the r-th gain alone.
     """
     kmax = int(r.max())
-    gain = gain.masked_fill_(~movable, float("-inf"))  # movable gains are finite: strictly above
-    take = torch.arange(kmax, device=gain.device)[None, :] < r[:, None]
+    gain = gain.masked_fill_(immovable, float("-inf"))  # movable gains are finite: strictly above
+    places = torch.arange(kmax + 1, device=gain.device)[None, :]
     if kmax == gain.shape[1]:  # some row moves every position: no (r + 1)-th place to compare with
-        return _top_r_by_key(gain, r, kmax, tiebreak)
+        return _top_r_by_key(gain, r, kmax, tiebreak), places[:, :kmax] < r[:, None]
     values, top = gain.topk(kmax + 1, dim=1, sorted=True)
     last = values.gather(1, (r - 1).clamp(min=0)[:, None])  # the r-th largest gain (rows with r = 0: unused)
-    if bool(((last == values.gather(1, r[:, None])) & (r[:, None] > 0)).any()):  # a tie across the r-th place
-        key = tiebreak().masked_fill(gain != last, -1).masked_fill_(gain > last, 1 << 32)  # ties by tiebreak
-        top = key.topk(kmax, dim=1, sorted=True).indices
-    return torch.zeros_like(movable).scatter_(1, top[:, :kmax], take)
+    tied = ((last == values.gather(1, r[:, None])) & (r[:, None] > 0))[:, 0]  # a tie across the r-th place
+    if not bool(tied.any()):
+        return top[:, :kmax], places[:, :kmax] < r[:, None]
+    above = (values > last).sum(1)  # all positions above the r-th gain are among the kmax + 1 largest
+    above = torch.where(tied, above, r)
+    need = r - above  # tied positions still to choose per row (0 where no tie)
+    equal = gain == last.masked_fill_(~tied[:, None], math.nan)  # the tied positions of the tied rows
+    key = torch.where(equal, tiebreak(), -1)  # -1 < every tiebreak: the tied positions come first
+    width = int(need.max())
+    index = torch.cat((top[:, :kmax], key.topk(width, dim=1, sorted=True).indices), 1)
+    take = torch.cat((places[:, :kmax] < above[:, None], places[:, :width] < need[:, None]), 1)
+    return index, take
 
 
 def _top_r_by_key(gain: Tensor, r: Tensor, kmax: int, tiebreak: Callable[[], Tensor]) -> Tensor:
-    """_top_r_mask by a full ranking on (gain, tiebreak): the r largest per row. gain: (R, C), -inf where not
-    movable."""
+    """_top_r's index by a full ranking on (gain, tiebreak): the kmax largest per row, (R, kmax) int64.
+    gain: (R, C), -inf where not movable."""
     tb = tiebreak()
     if gain.dtype == torch.float64:  # exact order in float64: stable sort by gain after sorting by tiebreak
         pre = torch.argsort(tb, dim=1, descending=True, stable=True)
         post = torch.sort(gain.gather(1, pre), dim=1, descending=True, stable=True).indices
-        top = pre.gather(1, post[:, :kmax])
-    else:  # float32 (half types widen exactly): one topk on a composite (gain, tiebreak) int64 key
-        top = (_ordered_key(gain) * (1 << 32) + tb).topk(kmax, dim=1, sorted=True).indices
-    take = torch.arange(kmax, device=gain.device)[None, :] < r[:, None]
-    return torch.zeros(gain.shape, dtype=torch.bool, device=gain.device).scatter_(1, top, take)
+        return pre.gather(1, post[:, :kmax])
+    # float32 (half types widen exactly): one topk on a composite (gain, tiebreak) int64 key
+    return (_ordered_key(gain) * (1 << 32) + tb).topk(kmax, dim=1, sorted=True).indices
 
 
 def _greedy_rounds(z: Tensor, gains: Callable[[Tensor, Tensor], Tensor], total: int, random_ties: bool,
                    generator: torch.Generator | None) -> Tensor:
     """Greedy adjustment in rounds (module docstring). z: (B, C) int64 in [0, total]; gains(z, step) ->
-    p(z + step) - p(z) (B, C) float for step (B, 1) in {-1, 0, 1}, any value where z + step leaves 0..total. Runs with the caller's threads: the sampler calls it
-    under _one_thread; greedy_adjust, on a materialised tensor, reads it faster with all of them.
+    p(z + step) - p(z) (B, C) float for step (B, 1) in {-1, 0, 1}, any value where z + step leaves 0..total. Runs
+    with the caller's threads: the sampler calls it under _one_thread; greedy_adjust, on a materialised tensor,
+    reads it faster with all of them.
 
     Each round moves min(|d|, #movable) distinct positions of every unfinished row by one unit towards the sum,
     the movable positions with the largest gains p(z +- 1) - p(z) first. A deficit row can move every position
     (its sum is below total, so no entry is at total); an excess row has a non-zero entry; so each round moves
     at least one unit and the loop ends: within ceil(|d| / C) rounds for a deficit, total + 1 for an excess.
     Every round works on all B rows (finished rows move r = 0 positions): almost always one round does it all,
-    and whole-batch operations beat gathering and scattering the unfinished rows.
+    and whole-batch operations beat gathering and scattering the unfinished rows. The chosen positions are added
+    to a copy of z by index (R, K), not through a (B, C) mask.
     """
     deficit = total - z.sum(1)  # (B,)
+    z = z.clone()
     if not bool(deficit.any()):
-        return z.clone()
+        return z
     size = z.shape[1]
     while True:
         step = deficit.sign()[:, None]  # (B, 1): +1 deficit, -1 excess, 0 done
-        movable = torch.where(step > 0, z < total, z > 0).logical_and_(step != 0)
-        n_movable = movable.sum(1)
+        # a deficit row moves entries below total, an excess row entries above 0 (a finished row: r = 0)
+        immovable = z == torch.where(step > 0, total, 0)
+        n_movable = size - immovable.sum(1)
         r = torch.minimum(deficit.abs(), n_movable)  # (B,)
-        if bool((r == n_movable).all()):
-            chosen = movable
+        if bool(((r == n_movable) | (step[:, 0] == 0)).all()):
+            z.sub_(immovable.long().sub_(1).mul_(step))  # every movable position of an unfinished row moves
         else:
             gain = gains(z, step)
 
@@ -507,8 +517,8 @@ def _greedy_rounds(z: Tensor, gains: Callable[[Tensor, Tensor], Tensor], total: 
                     return torch.randint(0, 1 << 31, z.shape, generator=generator, device=z.device)
                 return (size - 1 - torch.arange(size, device=z.device)).expand_as(z)  # lowest index first
 
-            chosen = _top_r_mask(gain, movable, r, tiebreak)
-        z = chosen.long().mul_(step).add_(z)
+            index, take = _top_r(gain, immovable, r, tiebreak)
+            z.scatter_add_(1, index, take.long().mul_(step))
         deficit = deficit - step[:, 0] * r
         if not bool(deficit.any()):
             return z
@@ -542,16 +552,18 @@ def greedy_adjust(z: Tensor, probs: Tensor, total: int, *, random_ties: bool = F
         raise ValueError(f"probs must have shape {(*z.shape, total + 1)} (z's shape, total + 1 classes), "
                          f"got {tuple(probs.shape)}")
 
-    def gains(z: Tensor, step: Tensor) -> Tensor:  # p(z + step) - p(z), both read in one gather, checked as read
-        at = (z[..., None] + torch.cat((torch.zeros_like(step), step), 1)[:, None, :]).clamp_(0, total)
-        pair = probs.gather(2, at)  # adjacent entries: one cache line, one page
-        low, high = torch.aminmax(pair)  # NaN propagates: min >= 0 and max < inf leave only finite values
-        if not (float(low) >= 0 and float(high) < math.inf):
+    def gains(z: Tensor, step: Tensor) -> Tensor:  # p(z + step) - p(z): adjacent entries, read in one gather
+        at = torch.empty((*z.shape, 2), dtype=torch.int64, device=z.device)  # (z, z + 1) for +1, (z - 1, z) for -1
+        low = torch.sub(z, (step < 0).long(), out=at[..., 0]).clamp_(0, total - 1)
+        torch.add(low, 1, out=at[..., 1])
+        pair = probs.gather(2, at)  # adjacent entries: one cache line, one page; checked as read
+        low_value, high_value = torch.aminmax(pair)  # NaN propagates: min >= 0 and max < inf: all finite
+        if not (float(low_value) >= 0 and float(high_value) < math.inf):
             raise ValueError(f"probs must be finite and non-negative where greedy adjustment reads them, got "
-                             f"values in [{float(low)}, {float(high)}]")
+                             f"values in [{float(low_value)}, {float(high_value)}]")
         if pair.dtype in (torch.float16, torch.bfloat16):
             pair = pair.float()
-        return pair[..., 1] - pair[..., 0]
+        return (pair[..., 1] - pair[..., 0]).mul_(step)  # where z + step leaves 0..total: unused
 
     return _greedy_rounds(z, gains, total, random_ties, generator)
 
