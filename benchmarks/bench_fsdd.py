@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from tokenset import fsdd as F
+from tokenset.fsdd import adjust, checks, kernel, posterior
 from tokenset.config import SigmaSchedule
 
 TOP_P = 0.8
@@ -223,7 +224,7 @@ class Workload:
         self.f = F.sigma_scale(SigmaSchedule.SIGMOID, T_NEXT)
 
     def ours(self, g: torch.Generator) -> torch.Tensor:
-        posterior = F._ModelPosterior(self.cond, self.uncond, self.guidance)
+        posterior = posterior._ModelPosterior(self.cond, self.uncond, self.guidance)
         return self.fsdd._step(posterior, self.z, T, T_NEXT, TOP_P, self.f, g)[1]
 
     def official(self) -> torch.Tensor:
@@ -249,21 +250,21 @@ def greedy_state(size: int, total: int, batch: int) -> tuple[torch.Tensor, torch
 @torch.no_grad()
 def parts_of_ours(w: Workload, repeats: int) -> dict[str, float]:
     g = torch.Generator().manual_seed(2)
-    posterior = F._ModelPosterior(w.cond, w.uncond, w.guidance)
+    posterior = posterior._ModelPosterior(w.cond, w.uncond, w.guidance)
     u = torch.rand(w.z.shape, generator=g)
     out = {"posterior + top-p": median_time(lambda: posterior.draw(TOP_P, u), repeats)}
     x1 = posterior.draw(TOP_P, u)
-    rounds = F._one_thread(F._greedy_rounds)  # as the sampler runs them (FSDD._step is under _one_thread)
-    out["greedy on x1_hat"] = median_time(lambda: rounds(x1, F._gains_of(posterior.prob_at), w.total, True, g),
+    rounds = checks._one_thread(adjust._greedy_rounds)  # as the sampler runs them (FSDD._step is under _one_thread)
+    out["greedy on x1_hat"] = median_time(lambda: rounds(x1, adjust._gains_of(posterior.prob_at), w.total, True, g),
                                           repeats)
-    x1 = rounds(x1, F._gains_of(posterior.prob_at), w.total, True, g).float()
+    x1 = rounds(x1, adjust._gains_of(posterior.prob_at), w.total, True, g).float()
     x0_hat = (w.z.float() - T * x1) / (1 - T)
     mean = T_NEXT * x1 + (1 - T_NEXT) * x0_hat
     sigma = (x0_hat - x1).abs() * (0.25 * w.f) + F.SIGMA_EPS
-    kernel = F._GaussianKernel(mean, sigma, w.total)
+    kernel = kernel._GaussianKernel(mean, sigma, w.total)
     out["kernel draw"] = median_time(lambda: kernel.evaluate(u), repeats)
     zt = kernel.evaluate(u)
-    out["greedy on z_t"] = median_time(lambda: rounds(zt, F._gains_of(kernel.prob_at), w.total, True, g), repeats)
+    out["greedy on z_t"] = median_time(lambda: rounds(zt, adjust._gains_of(kernel.prob_at), w.total, True, g), repeats)
     return out
 
 

@@ -1,4 +1,4 @@
-"""Tests of tokenset/fsdd.py: Fixed-Sum Discrete Diffusion (paper section 3).
+"""Tests of tokenset/fsdd/: Fixed-Sum Discrete Diffusion (paper section 3).
 
 Property tests (hypothesis) for every public function, the sampler's invariant at EVERY state it produces,
 greedy adjustment against an exhaustive reference, the fast paths against the materialised definitions, a tiny
@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from tokenset import fsdd as fsdd_module
+from tokenset.fsdd import kernel as fsdd_kernel
+from tokenset.fsdd import posterior as fsdd_posterior
 from tokenset.config import FSDDConfig, NoiseKind, SigmaSchedule
 from tokenset.fsdd import (
     FSDD,
@@ -166,7 +167,7 @@ def test_window_probabilities_equal_the_materialised_kernel(total, seed):
     mean = torch.rand(2, 30, generator=g, dtype=torch.float64) * (total + 6) - 3
     sigma = torch.rand(2, 30, generator=g, dtype=torch.float64) ** 3 * 8
     sigma[:, :5] = 1e-6
-    kernel = fsdd_module._GaussianKernel(mean, sigma, total)
+    kernel = fsdd_kernel._GaussianKernel(mean, sigma, total)
     kernel.evaluate()
     dense = discretised_gaussian(mean, sigma, total)
     for k in range(-1, total + 2):
@@ -342,12 +343,12 @@ def test_top_p_sample_tiny_top_p_is_argmax_and_one_is_the_full_distribution():
 @pytest.mark.parametrize("first", [2, 8])
 def test_top_p_sample_renormalises_over_the_whole_nucleus(first, monkeypatch):
     # p = (0.1, 0.4, 0.2, 0.3), top_p 0.8: nucleus {1, 3, 2} (0.7 before class 2 < 0.8), drawn as p / 0.9
-    monkeypatch.setattr(fsdd_module, "_NUCLEUS_FIRST", first)
+    monkeypatch.setattr(fsdd_posterior, "_NUCLEUS_FIRST", first)
     n = 20000
     p = torch.tensor([0.1, 0.4, 0.2, 0.3])
     expected = torch.tensor([0.0, 0.4, 0.2, 0.3], dtype=torch.float64) / 0.9
     for draw in (top_p_sample(p.expand(1, n, 4).contiguous(), 0.8, gen(4))[0],
-                 fsdd_module._nucleus_draw(p.expand(n, 4), torch.rand(n, generator=gen(4)), 0.8)):
+                 fsdd_posterior._nucleus_draw(p.expand(n, 4), torch.rand(n, generator=gen(4)), 0.8)):
         freq = torch.bincount(draw, minlength=4).double() / n
         assert bool(((freq - expected).abs() <= 5 * torch.sqrt(expected * (1 - expected) / n)).all()), freq
 
@@ -357,8 +358,8 @@ def test_top_p_sample_renormalises_over_the_whole_nucleus(first, monkeypatch):
 @pytest.mark.parametrize("first", [2, 8])  # classes looked at before a full sort: fallbacks taken or not
 def test_fast_posterior_equals_the_materialised_reference(guidance, top_p, first, monkeypatch):
     # chunked softmax + argmax shortcut + topk, sorting only where needed == classifier_free_guidance + top_p_sample
-    monkeypatch.setattr(fsdd_module, "_NUCLEUS_FIRST", first)
-    monkeypatch.setattr(fsdd_module, "_CHUNK_ELEMENTS", 500 * 13)  # several chunks
+    monkeypatch.setattr(fsdd_posterior, "_NUCLEUS_FIRST", first)
+    monkeypatch.setattr(fsdd_posterior, "_CHUNK_ELEMENTS", 500 * 13)  # several chunks
     g = gen(7)
     batch, size, total = 3, 700, 12  # 2100 positions, several chunks with a small chunk size
     lc = torch.randn(batch, size, total + 1, generator=g) * 2
@@ -366,7 +367,7 @@ def test_fast_posterior_equals_the_materialised_reference(guidance, top_p, first
     lc[:, ::2, 0] += 6.0  # half the positions peaked (single-class nucleus), half spread
     lu[:, ::3, 1] += 5.0
     cond, uncond = (None if guidance == 0.0 else lc), (None if guidance == 1.0 else lu)
-    posterior = fsdd_module._ModelPosterior(cond, uncond, guidance)
+    posterior = fsdd_posterior._ModelPosterior(cond, uncond, guidance)
     fast = posterior.draw(top_p, torch.rand(batch, size, generator=gen(11)))
     reference_probs = classifier_free_guidance(lc, lu, guidance)
     reference = top_p_sample(reference_probs, top_p, gen(11))  # the same uniforms
@@ -386,7 +387,7 @@ def test_fast_posterior_with_logits_far_below_the_top_and_pairs_of_classes():
     for p, top_p, expected in (((0.5, 0.35, 0.15), 0.8, (0.5 / 0.85, 0.35 / 0.85, 0.0)),
                                ((0.4, 0.4, 0.2), 0.5, (0.5, 0.5, 0.0))):
         logits = torch.cat([torch.tensor(p).log(), far]).expand(1, n, 6).contiguous()
-        posterior = fsdd_module._ModelPosterior(logits, None, 1.0)
+        posterior = fsdd_posterior._ModelPosterior(logits, None, 1.0)
         u = torch.rand(1, n, generator=gen(5))
         draw = posterior.draw(top_p, u)
         reference = top_p_sample(torch.softmax(logits, -1), top_p, gen(5))  # the same uniforms

@@ -11,7 +11,7 @@ distribution over the clean count ``x1_j in {0, ..., M}``::
     FinalLayer(x, c)                adaLN shift/scale, one linear D -> M + 1 shared by all positions
     -> logits (B, C, M + 1)
 
-The network knows nothing about fixed sums or the diffusion process (tokenset/fsdd.py); it is a plain
+The network knows nothing about fixed sums or the diffusion process (tokenset/fsdd/); it is a plain
 conditional classifier at every position.
 
 Classifier-free guidance. The label table has ``num_classes + 1`` rows; row ``num_classes`` (``null_label``)
