@@ -69,16 +69,6 @@ def test_noise_is_seeded_and_clamped():
     assert float(robustness.signal_power(dark, "power")) > 100 * float(robustness.signal_power(dark, "variance"))
 
 
-def test_bootstrap_mean():
-    v = np.arange(100, dtype=float)
-    mean, lo, hi = robustness.bootstrap_mean(v, n_boot=500, seed=3)
-    assert mean == 49.5 and lo < mean < hi
-    assert (mean, lo, hi) == robustness.bootstrap_mean(v, n_boot=500, seed=3)
-    se = v.std(ddof=1) / 10
-    assert abs((hi - lo) - 2 * 1.96 * se) < 0.25 * 2 * 1.96 * se  # close to the normal interval
-    assert robustness.bootstrap_mean([2.0, 2.0, 2.0]) == (2.0, 2.0, 2.0)
-
-
 class StripTokenizer(SetTokenizer):
     """A tokenizer with a known answer: token k = the mean of horizontal strip k of the image, in 32 levels.
     The set arm returns its tokens sorted (an order that moves when one value changes), the ordered arm by strip."""
@@ -160,10 +150,6 @@ def test_bad_inputs_raise_value_error():
         robustness.add_noise(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), 10.0)
     with pytest.raises(ValueError, match="noise: expected a float tensor of the images' shape"):
         robustness.add_noise(images, 10.0, noise=torch.zeros(1, 3, 4, 4))
-    with pytest.raises(ValueError, match="values: expected a non-empty 1-D array"):
-        robustness.bootstrap_mean([])
-    with pytest.raises(ValueError, match="level: expected a confidence level"):
-        robustness.bootstrap_mean([1.0, 2.0], level=95)
     model = SetTokenizer(TokenizerConfig.preset("tiny")).eval()
     u8 = torch.zeros(2, 3, 16, 16, dtype=torch.uint8)
     with pytest.raises(ValueError, match="draws: expected a positive int"):

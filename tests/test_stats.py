@@ -40,6 +40,15 @@ def test_bootstrap_interval_brackets_the_mean_and_is_deterministic():
     lo, hi = bootstrap_mean_ci(v, seed=3)
     assert lo < v.mean() < hi and hi - lo < 0.6  # ~4 standard errors of 0.09
     assert (lo, hi) == bootstrap_mean_ci(v, seed=3)
+    u = np.arange(100, dtype=float)  # close to the normal interval
+    lo, hi = bootstrap_mean_ci(u, resamples=500, seed=3)
+    se = u.std(ddof=1) / 10
+    assert abs((hi - lo) - 2 * 1.96 * se) < 0.25 * 2 * 1.96 * se
+    assert bootstrap_mean_ci([2.0, 2.0, 2.0]) == (2.0, 2.0)
+    with pytest.raises(ValueError, match="level: expected a confidence level"):
+        bootstrap_mean_ci([1.0, 2.0], level=95)
+    with pytest.raises(ValueError, match="resamples: expected a positive int"):
+        bootstrap_mean_ci([1.0, 2.0], resamples=0)
 
 
 @pytest.mark.parametrize("bad, match", [([], "at least one value"), ([1.0, float("nan")], "finite")])

@@ -26,7 +26,7 @@ its multiset share and understates its robustness: an unchanged multiset may com
 from __future__ import annotations
 
 import math
-from typing import Iterable, Literal, Sequence
+from typing import Iterable, Literal
 
 import numpy as np
 import pandas as pd
@@ -35,11 +35,11 @@ import torch
 from tokenset.analysis import encode_images
 from tokenset.bijection import set_to_counts
 from tokenset.images import to_float
-from tokenset.stats import paired_difference
+from tokenset.stats import bootstrap_mean_ci, paired_difference
 from tokenset.tokenizer import SetTokenizer
 
 __all__ = ["SNR_DB", "METRICS", "signal_power", "add_noise", "measured_snr_db", "multiset_kept", "position_kept",
-           "kept_shares", "bootstrap_mean", "summarise", "natural_means", "compare_seeds", "describe", "TABLE_NOTE"]
+           "kept_shares", "summarise", "natural_means", "compare_seeds", "describe", "TABLE_NOTE"]
 
 SNR_DB = (40.0, 30.0, 20.0, 10.0, 1.0)  # the paper's Table 2 levels
 METRICS = ("multiset", "position")
@@ -190,25 +190,6 @@ def kept_shares(model: SetTokenizer, images: torch.Tensor, snr_db: Iterable[floa
     return pd.concat(frames, ignore_index=True)
 
 
-def bootstrap_mean(values: np.ndarray | Sequence[float], n_boot: int = 1000, seed: int = 0,
-                   level: float = 0.95) -> tuple[float, float, float]:
-    """(mean, lo, hi): the mean of ``values`` (n,) and its percentile bootstrap interval at ``level``
-    (``n_boot`` resamples of n with replacement, drawn at once from ``numpy.random.default_rng(seed)``)."""
-    v = np.asarray(values, dtype=np.float64)
-    if v.ndim != 1 or len(v) == 0:
-        raise ValueError(f"values: expected a non-empty 1-D array, got shape {v.shape}")
-    if not np.isfinite(v).all():
-        raise ValueError(f"values: expected finite numbers, found {int((~np.isfinite(v)).sum())} NaN/inf")
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
-        raise ValueError(f"n_boot: expected a positive int (bootstrap resamples), got {n_boot!r}")
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level: expected a confidence level in (0, 1), got {level!r}")
-    idx = np.random.default_rng(seed).integers(0, len(v), size=(n_boot, len(v)))
-    means = v[idx].mean(axis=1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(v.mean()), float(lo), float(hi)
-
-
 def _check_columns(table: object, name: str, need: set[str]) -> None:
     if not isinstance(table, pd.DataFrame) or not need <= set(table.columns):
         got = sorted(table.columns) if isinstance(table, pd.DataFrame) else type(table).__name__
@@ -229,7 +210,9 @@ def summarise(per_image: pd.DataFrame, n_boot: int = 1000, seed: int = 0, level:
     _check_columns(per_image, "per_image", {"arm", "metric", "snr_db", "kept", "measured_snr_db"})
     rows = []
     for (arm, metric, snr), g in per_image.groupby(["arm", "metric", "snr_db"], sort=False):
-        mean, lo, hi = bootstrap_mean(g["kept"].to_numpy(), n_boot, seed, level)
+        kept = g["kept"].to_numpy(dtype=np.float64)
+        lo, hi = bootstrap_mean_ci(kept, level, n_boot, seed)
+        mean = float(kept.mean())
         natural = _natural(arm, metric)
         rows.append(dict(arm=arm, metric=metric, snr_db=snr, measured_snr_db=float(g["measured_snr_db"].mean()),
                          natural=natural, kept_mean=mean, kept_lo=lo, kept_hi=hi, images=len(g)))

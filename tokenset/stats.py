@@ -50,8 +50,10 @@ def bootstrap_mean_ci(values: Sequence[float] | np.ndarray, level: float = 0.95,
                       seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of per-item ``values`` (e.g. per-image PSNR)."""
     v = _values(values, "values")
-    if resamples < 1:
-        raise ValueError(f"resamples: expected at least 1, got {resamples}")
+    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
+        raise ValueError(f"resamples: expected a positive int (bootstrap resamples), got {resamples!r}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level: expected a confidence level in (0, 1), got {level!r}")
     rng = np.random.default_rng(seed)
     means = v[rng.integers(0, v.size, size=(resamples, v.size))].mean(axis=1)
     lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
