@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tokenset.stats import bootstrap_mean_ci, paired_difference, summarize
+from tokenset.stats import bootstrap_mean_ci, paired_difference, summarize, summarize_columns
 
 
 def test_summarize_is_ddof1_with_a_t_interval():
@@ -55,3 +55,18 @@ def test_bootstrap_interval_brackets_the_mean_and_is_deterministic():
 def test_bad_values(bad, match):
     with pytest.raises(ValueError, match=match):
         summarize(bad)
+
+
+def test_summarize_columns_by_group():
+    import pandas as pd
+    runs = pd.DataFrame(dict(arm=["set", "set", "set", "ordered", "ordered"], psnr=[19.0, 19.2, 19.1, 18.0, 18.4],
+                             t=[1.0, 2.0, 3.0, 4.0, 4.0]))
+    out = summarize_columns(runs, "arm", ["psnr", "t"])
+    assert list(out) == ["set", "ordered"]
+    assert out["set"]["psnr_mean"] == pytest.approx(19.1) and out["set"]["psnr_std"] == pytest.approx(0.1)
+    assert out["ordered"]["t_std"] == 0.0 and set(out["set"]) == {"psnr_mean", "psnr_std", "t_mean", "t_std"}
+    assert summarize_columns(runs, "arm", ["psnr"], keys=["n"])["ordered"] == {"psnr_n": 2}
+    with pytest.raises(ValueError, match="missing \\['ssim'\\]"):
+        summarize_columns(runs, "arm", ["ssim"])
+    with pytest.raises(ValueError, match="keys: expected some of"):
+        summarize_columns(runs, "arm", ["psnr"], keys=["median"])

@@ -8,12 +8,15 @@ This module imports nothing else from tokenset.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from scipy import stats as _st
 
-__all__ = ["summarize", "paired_difference", "bootstrap_mean_ci"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["summarize", "summarize_columns", "paired_difference", "bootstrap_mean_ci"]
 
 
 def _values(values: Sequence[float] | np.ndarray, what: str) -> np.ndarray:
@@ -35,6 +38,20 @@ def summarize(values: Sequence[float] | np.ndarray, level: float = 0.95) -> dict
     std = float(v.std(ddof=1))
     half = float(_st.t.ppf(0.5 + level / 2, n - 1)) * std / math.sqrt(n)
     return dict(mean=mean, std=std, n=n, ci_low=mean - half, ci_high=mean + half)
+
+
+def summarize_columns(table: pd.DataFrame, by: str, columns: Sequence[str],
+                      keys: Sequence[str] = ("mean", "std")) -> dict[object, dict[str, float]]:
+    """Runs (one row each, e.g. per arm and seed) -> {group: {f"{column}_{key}": value}}: ``summarize`` of each
+    column within each group of ``by`` (in order of appearance), keeping ``keys`` (mean, std, n, ci_low, ci_high)."""
+    missing = [c for c in (by, *columns) if c not in getattr(table, "columns", ())]
+    if missing:
+        raise ValueError(f"table: expected columns {[by, *columns]}, missing {missing}")
+    bad = [k for k in keys if k not in ("mean", "std", "n", "ci_low", "ci_high")]
+    if bad:
+        raise ValueError(f"keys: expected some of mean, std, n, ci_low, ci_high, got {bad}")
+    return {group: {f"{col}_{k}": summarize(rows[col].to_numpy())[k] for col in columns for k in keys}
+            for group, rows in table.groupby(by, sort=False)}
 
 
 def paired_difference(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray,
