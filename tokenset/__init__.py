@@ -3,7 +3,7 @@
 The public API, by layer (lower layers import nothing above them):
 - config: the typed configuration and presets; bijection: the dual transformation;
 - data: data sets; quantizer, tokenizer: the set tokenizer; fsdd: the process; denoiser: its network;
-- checkpoint, train: resumable training; generators, metrics, analysis, report: on top.
+- checkpoint, trainer, train: resumable training; generators, metrics, analysis, report: on top.
 """
 
 from tokenset.bijection import canonical_order, counts_to_set, set_to_counts

@@ -2,7 +2,7 @@
 
 Every generator models the tokens of a frozen tokenizer and returns token rows (B, M) that the same tokenizer
 decodes. They share the transformer width, depth and heads of one ``DenoiserConfig`` and the training steps of one
-``TrainConfig`` (``fit_generator``, on ``tokenset.train.Trainer``), so the comparison is fair:
+``TrainConfig`` (``fit_generator``, on ``tokenset.trainer.Trainer``), so the comparison is fair:
 
 | name            | family  | tokens of             | modelled as                                          |
 |-----------------|---------|-----------------------|------------------------------------------------------|
@@ -27,6 +27,7 @@ from torch import nn
 
 from tokenset import analysis
 from tokenset.baselines import autoregressive, masked
+from tokenset.batches import StepSampler
 from tokenset.bijection import canonical_order, counts_to_set, set_to_counts
 from tokenset.atomic import sha256_file
 from tokenset.checkpoint import fingerprint, load_checkpoint, save_checkpoint
@@ -35,7 +36,7 @@ from tokenset.denoiser import CountDiT
 from tokenset.fsdd import FSDD, fixed_sum_noise
 from tokenset.images import to_uint8
 from tokenset.tokenizer import SetTokenizer
-from tokenset.train import StepSampler, Trainer, rank_world
+from tokenset.trainer import Trainer, rank_world
 
 __all__ = ["GeneratorSpec", "GENERATORS", "model_input", "build_generator", "GeneratorLoss", "fit_generator",
            "generate", "sample_images", "encode_cached", "fsdd_loss_by_t", "load_generator"]
@@ -85,7 +86,7 @@ def build_generator(name: str, cfg: DenoiserConfig) -> nn.Module:
 
 
 class GeneratorLoss:
-    """``loss_fn(model, (inputs, labels)) -> {"loss": scalar, ...scalars}`` for ``tokenset.train.Trainer``."""
+    """``loss_fn(model, (inputs, labels)) -> {"loss": scalar, ...scalars}`` for ``tokenset.trainer.Trainer``."""
 
     def __init__(self, name: str, cfg: DenoiserConfig, fsdd_cfg: FSDDConfig) -> None:
         self.spec = _spec(name)
@@ -121,7 +122,7 @@ def fit_generator(
 
     tokens: (N, M) int64 in [0, C) (e.g. ``encode_cached``); labels: (N,) int64 in [0, num_classes).
     The generator sees ``model_input(name, tokens)`` (counts for FSDD, sequences for the baselines).
-    The same ``tokenset.train.Trainer`` as the tokenizer: AdamW, warm-up + cosine, EMA, atomic resumable checkpoints
+    The same ``tokenset.trainer.Trainer`` as the tokenizer: AdamW, warm-up + cosine, EMA, atomic resumable checkpoints
     (out_dir/checkpoint.pt) and a CSV log (out_dir/log.csv); with ``resume`` a checkpoint of the same configuration
     (the configs and the ``fingerprint`` of tokens and labels) is continued or, finished, reused; one of another
     configuration is not (the run starts over and prints what differs). Returns the last logged loss, steps, wall

