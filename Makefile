@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 data: setup
 	$(PY) -m tokenset.data --params params.yaml
 
-# The whole pipeline on the params.yaml preset (default: small, crawl tiles, CPU).
+# The whole pipeline on the params.yaml preset (default: small, Fashion-MNIST; runtime.device auto: a GPU if torch sees one).
 repro: setup
 	$(VENV)/bin/dvc repro
 

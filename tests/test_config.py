@@ -5,6 +5,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from tokenset.config import (
@@ -156,3 +157,25 @@ def test_eval_reference_samples_and_tokenizer_seeds():
         EvalConfig.preset("small", tokenizer_seeds=(0, 0))
     with pytest.raises(ValueError, match="tokenizer_seeds"):
         EvalConfig.preset("small", tokenizer_seeds=())
+
+
+def test_runtime_device_section(tmp_path):
+    from tokenset.config import RuntimeConfig
+    from tokenset.device import resolve_device
+    assert RuntimeConfig().device == "auto" and RuntimeConfig(device="cuda:1").device == "cuda:1"
+    for bad in ("gpu", "cuda:x", "CPU", ""):
+        with pytest.raises(ValueError, match="device"):
+            RuntimeConfig(device=bad)
+    path = tmp_path / "p.yaml"
+    path.write_text("runtime:\n  device: cpu\n")
+    assert load_params(path, "runtime").device == "cpu"
+    path.write_text("runtime:\n  device: tpu\n")
+    with pytest.raises(ValueError, match="device"):
+        load_params(path, "runtime")
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match="expected auto, cpu"):
+        resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="torch sees 0 CUDA device"):
+            resolve_device("cuda")

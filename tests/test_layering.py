@@ -21,7 +21,7 @@ from tests.test_pipeline_deps import _module_file
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "tokenset"
 TOP_INIT = PACKAGE / "__init__.py"
-GROUND = ("config", "config_schema", "config_sections", "config_studies", "bijection", "atomic", "images",
+GROUND = ("config", "config_schema", "config_sections", "config_studies", "bijection", "atomic", "device", "images",
           "set_decoders", "trivial", "stats")
 # config.py gathers its parts; each part may import only the parts before it in this order
 CONFIG_PARTS = ("config_schema", "config_sections", "config_studies", "config")

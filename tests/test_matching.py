@@ -342,6 +342,12 @@ def test_ablation_arm_configs_differ_only_in_the_switch():
         assert cfg.replace(ordered=False, decoder_input="set") == tok
     with pytest.raises(ValueError, match="arm: expected one of"):
         AblationConfig.arm_tokenizer(tok, "sinkhorn")
+    small = AblationConfig.preset("small")  # the study model: narrower sizes, then the arm's switch
+    study = small.tokenizer(TokenizerConfig.preset("small"), "hungarian")
+    assert (study.width, study.decoder_width, study.depth, study.num_tokens, study.codebook_size,
+            study.decoder_input) == (64, 64, 2, 32, 512, "hungarian") and len(small.seeds) >= 3
+    assert abl.tokenizer(tok, "pma") == cfgs["pma"]  # tiny: no study sizes, the tokenizer section itself
+    assert abl.arm_train(train, 5).seed == 5
     shared = abl.arm_train(train)
     assert (shared.steps, shared.disc_steps, shared.max_minutes) == (abl.steps, 0, 0.0)
     assert shared.log_every == min(train.log_every, max(1, abl.steps // STUDY_LOG_ROWS))  # a curve of >= 8 rows

@@ -15,15 +15,15 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_cross_grid_is_the_centre_row_and_column_once_each():
     cfg = SweepConfig.preset("small")
     assert cfg.grid == "cross"
-    assert cfg.centre_row() == [(64, 256), (64, 512), (64, 1024)]
-    assert cfg.centre_column() == [(16, 1024), (32, 1024), (64, 1024)]
-    assert cfg.points() == [(16, 1024), (32, 1024), (64, 256), (64, 512), (64, 1024)]
+    assert cfg.centre_row() == [(32, 256), (32, 512), (32, 1024)]
+    assert cfg.centre_column() == [(16, 512), (32, 512), (64, 512)]
+    assert cfg.points() == [(16, 512), (32, 256), (32, 512), (32, 1024), (64, 512)]
     assert len(cfg.points()) == len(cfg.num_tokens) + len(cfg.codebook_sizes) - 1  # the centre point is shared
 
 
 def test_full_grid_is_every_pair_sorted():
     cfg = SweepConfig.preset("small", grid="full", num_tokens=[64, 16, 32], codebook_sizes=[1024, 128],
-                             centre_codebook=128)
+                             centre_tokens=64, centre_codebook=128)
     assert cfg.points() == [(16, 128), (16, 1024), (32, 128), (32, 1024), (64, 128), (64, 1024)]
     assert set(cfg.centre_row()) | set(cfg.centre_column()) <= set(cfg.points())
 
@@ -75,10 +75,14 @@ def test_smoke_params_and_presets():
     assert isinstance(smoke.num_tokens, tuple) and isinstance(smoke.codebook_sizes, tuple)
     small = SweepConfig.preset("small")
     assert (small.num_tokens, small.codebook_sizes, small.centre_tokens, small.centre_codebook, small.grid,
-            small.steps) == ((16, 32, 64), (256, 512, 1024), 64, 1024, "cross", AblationConfig.preset("small").steps)
-    # the centre point is the small tokenizer itself (the ablation's set arm, whose run the sweep reuses)
-    tok_small = TokenizerConfig.preset("small")
-    assert (small.centre_tokens, small.centre_codebook) == (tok_small.num_tokens, tok_small.codebook_size)
+            small.steps) == ((16, 32, 64), (256, 512, 1024), 32, 512, "cross", AblationConfig.preset("small").steps)
+    # the centre point of each seed is the ablation's set arm of that seed (same study model, budget and seeds)
+    tok_small, abl = TokenizerConfig.preset("small"), AblationConfig.preset("small")
+    assert small.point_tokenizer(tok_small, small.centre_tokens, small.centre_codebook) == abl.tokenizer(tok_small,
+                                                                                                          "set")
+    assert small.seeds == abl.seeds and len(small.seeds) >= 3
+    train = TrainConfig.preset("small")
+    assert all(small.point_train(train, s) == abl.arm_train(train, s) for s in small.seeds)
     gen = TrainConfig.preset("small", steps=300)
     assert small.fsdd_steps >= 1 and small.fsdd_train(gen) == gen.replace(steps=small.fsdd_steps)
     with pytest.raises(ValueError, match="fsdd_steps is 0"):
@@ -86,7 +90,7 @@ def test_smoke_params_and_presets():
     # the smoke points fit the smoke tokenizer: every M and C builds a valid TokenizerConfig
     tok = load_params(ROOT / "tests" / "smoke_params.yaml", "tokenizer")
     for m, c in smoke.points():
-        cfg = SweepConfig.point_tokenizer(tok, m, c)
+        cfg = smoke.point_tokenizer(tok, m, c)
         assert (cfg.num_tokens, cfg.codebook_size) == (m, c)
 
 
@@ -107,9 +111,17 @@ def test_point_configs_change_only_m_c_and_the_budget():
     train = TrainConfig.preset("tiny", disc_steps=5, max_minutes=3.0)
     sweep = SweepConfig.preset("tiny")
     for m, c in sweep.points():
-        cfg = SweepConfig.point_tokenizer(tok, m, c)
+        cfg = sweep.point_tokenizer(tok, m, c)
         assert (cfg.num_tokens, cfg.codebook_size) == (m, c)
         assert cfg.replace(num_tokens=tok.num_tokens, codebook_size=tok.codebook_size) == tok
+    narrow = sweep.replace(width=16, depth=1, heads=2).point_tokenizer(tok, 8, 32)  # the study model's sizes
+    assert (narrow.width, narrow.decoder_width, narrow.depth, narrow.decoder_depth, narrow.heads,
+            narrow.decoder_heads, narrow.num_tokens, narrow.codebook_size) == (16, 16, 1, 1, 2, 2, 8, 32)
+    assert sweep.point_train(train, 7).seed == 7 and sweep.point_train(train).seed == train.seed
+    with pytest.raises(ValueError, match="seeds"):
+        sweep.replace(seeds=(1, 1))
+    with pytest.raises(ValueError, match="width"):
+        sweep.replace(width=-1)
     shared = sweep.point_train(train)
     assert (shared.steps, shared.disc_steps, shared.max_minutes) == (sweep.steps, 0, 0.0)
     assert shared.log_every == min(train.log_every, max(1, sweep.steps // STUDY_LOG_ROWS))  # a curve of >= 8 rows

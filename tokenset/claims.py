@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from tokenset.stats import paired_difference
+from tokenset.stats import paired_difference, summarize
 
 __all__ = ["REPRODUCED", "NOT_REPRODUCED", "INCONCLUSIVE", "MIN_RUNS", "directional_verdict", "CLAIMS", "collect"]
 
@@ -117,19 +117,24 @@ def tokenizer_claim(results: Path) -> list[dict[str, str]]:
 
 
 def ablation_claims(results: Path) -> list[dict[str, str]]:
-    """Claim 2: the set decoder beats pooling (mean, PMA) and matching (Hungarian, Chamfer) decoders."""
-    table = _read_csv(results, "ablation_set", {"arm", "val_psnr", "steps"})
-    runs = table["seeds"].min() if "seeds" in table else 1
-    base = table.set_index("arm")
+    """Claim 2: the set decoder beats pooling (mean, PMA) and matching (Hungarian, Chamfer) decoders: set minus
+    each arm's val PSNR, paired by seed (``ablation_runs``: one row per arm and seed)."""
+    runs = _read_csv(results, "ablation_runs", {"arm", "seed", "val_psnr", "steps"})
+    wide = runs.pivot_table(index="seed", columns="arm", values="val_psnr")
+    if "set" not in wide:
+        raise ValueError(f"{results}/tables/ablation_runs.csv: expected runs of the arm 'set'")
+    steps = int(runs["steps"].max())
     rows = []
-    for arm in [a for a in base.index if a not in ("set", "ordered")]:
-        gap = float(base.loc["set", "val_psnr"] - base.loc[arm, "val_psnr"])
+    for arm in [a for a in wide.columns if a not in ("set", "ordered")]:
+        pair = wide[["set", arm]].dropna()
+        d = paired_difference(pair["set"].to_numpy(), pair[arm].to_numpy())
         rows.append(_row(
             f"2. Set beats {arm}", "argued in words (section 3)",
-            f"set minus {arm}: {gap:+.2f} dB val PSNR after {int(base.loc[arm, 'steps'])} steps",
-            "n/a (one run)" if runs < 2 else "see ablation_set", directional_verdict(math.nan, math.nan, int(runs)),
-            f"directional over >= {MIN_RUNS} seeds per arm; with fewer, no interval is computed and the verdict is "
-            "inconclusive", f"{int(runs)} run(s) per arm", "ablation_set"))
+            f"set {pair['set'].mean():.2f} dB vs {arm} {pair[arm].mean():.2f} dB val PSNR after {steps} steps; set "
+            f"minus {arm} {d['mean']:+.2f} dB", _interval(d, unit=" dB"), directional_verdict(
+                d["ci_low"], d["ci_high"], runs=d["n"]),
+            "directional: the 95% t interval of set minus arm over seeds (paired) above 0; fewer than "
+            f"{MIN_RUNS} seeds: inconclusive", f"{d['n']} seed(s) per arm, the study model", "ablation_runs"))
     return rows
 
 
@@ -149,7 +154,7 @@ def robustness_claims(results: Path) -> list[dict[str, str]]:
             f"{100 * r.diff:+.1f} points", _interval(d, 100, " points"),
             directional_verdict(r.ci_low, r.ci_high, int(r.seeds)),
             "directional: the 95% t interval of set minus ordered over seeds above 0", f"{int(r.seeds)} seeds per "
-            "arm, all val images each", "robustness_seeds"))
+            "arm, the reference validation images each", "robustness_seeds"))
     return rows
 
 
@@ -172,18 +177,24 @@ def allocation_claim(results: Path, measure: str = "png_bytes") -> list[dict[str
 
 
 def sweep_claim(results: Path) -> list[dict[str, str]]:
-    """Claim 5: reconstruction improves with more tokens and a larger codebook (Table 6)."""
-    table = _read_csv(results, "sweep", {"M", "C", "bits_per_image", "val_psnr", "steps"})
-    runs = int(table["seeds"].min()) if "seeds" in table else 1
-    rho = float(table[["bits_per_image", "val_psnr"]].corr(method="spearman").iloc[0, 1]) if len(table) > 2 \
-        else math.nan
+    """Claim 5: reconstruction improves with more tokens and a larger codebook (Table 6): the Spearman rho of val
+    PSNR against the bits M log2 C over the grid's points, once per seed (``sweep_runs``: one row per point and
+    seed), with a t interval over seeds."""
+    runs = _read_csv(results, "sweep_runs", {"M", "C", "seed", "bits_per_image", "val_psnr", "steps"})
+    rhos = [float(g[["bits_per_image", "val_psnr"]].corr(method="spearman").iloc[0, 1])
+            for _, g in runs.groupby("seed") if len(g) > 2]
+    points = runs.groupby(["M", "C"]).ngroups
+    if not rhos:
+        d = dict(mean=math.nan, ci_low=math.nan, ci_high=math.nan, n=0)
+    else:
+        d = summarize(rhos)
     return [_row(
         "5. More tokens / codes reconstruct better", "rFID falls with M and C (Table 6)",
-        f"Spearman rho of val PSNR vs bits M log2 C over {len(table)} points: {rho:+.2f}; "
-        f"{int(table['steps'].max())} steps per point", "n/a (one run)" if runs < 2 else "see sweep",
-        directional_verdict(math.nan, math.nan, runs), f"directional over >= {MIN_RUNS} seeds per point; with "
-        "fewer, no interval is computed and the verdict is inconclusive",
-        f"{runs} run(s) per point", "sweep")]
+        f"Spearman rho of val PSNR vs bits M log2 C over {points} points: {d['mean']:+.2f} (mean over "
+        f"{len(rhos)} seed(s)); {int(runs['steps'].max())} steps per run", _interval(d),
+        directional_verdict(d["ci_low"], d["ci_high"], runs=d["n"]),
+        "directional: the 95% t interval over seeds of the per-seed rho above 0; fewer than "
+        f"{MIN_RUNS} seeds: inconclusive", f"{d['n']} seed(s) per point, the study model", "sweep_runs")]
 
 
 def generation_claims(results: Path) -> list[dict[str, str]]:

@@ -25,12 +25,12 @@ from typing import Any
 import yaml
 
 from tokenset.config_schema import Section, from_mapping
-from tokenset.config_sections import (DataConfig, DenoiserConfig, EvalConfig, FSDDConfig, NoiseKind, SigmaSchedule,
-                                      TokenizerConfig, TrainConfig)
+from tokenset.config_sections import (DataConfig, DenoiserConfig, EvalConfig, FSDDConfig, NoiseKind, RuntimeConfig,
+                                      SigmaSchedule, TokenizerConfig, TrainConfig)
 from tokenset.config_studies import ABLATION_ARMS, STUDY_LOG_ROWS, AblationConfig, SweepConfig, study_train
 
 __all__ = ["Section", "from_mapping", "SigmaSchedule", "NoiseKind", "DataConfig", "TokenizerConfig", "TrainConfig",
-           "DenoiserConfig", "FSDDConfig", "EvalConfig", "ABLATION_ARMS", "STUDY_LOG_ROWS", "study_train",
+           "DenoiserConfig", "FSDDConfig", "EvalConfig", "RuntimeConfig", "ABLATION_ARMS", "STUDY_LOG_ROWS", "study_train",
            "AblationConfig", "SweepConfig", "SECTIONS", "load_params", "project_root"]
 
 
@@ -44,6 +44,7 @@ SECTIONS: dict[str, type[Section]] = {
     "eval": EvalConfig,
     "ablation": AblationConfig,
     "sweep": SweepConfig,
+    "runtime": RuntimeConfig,
 }
 
 

@@ -1,7 +1,8 @@
 """The pipeline's configuration sections: one frozen dataclass per ``params.yaml`` section, with size presets.
 
 ``DataConfig`` (``data``), ``TokenizerConfig`` (``tokenizer``), ``TrainConfig`` (``train`` and ``train_generator``),
-``DenoiserConfig`` (``denoiser``), ``FSDDConfig`` (``fsdd``) and ``EvalConfig`` (``eval``), and the two choices of
+``DenoiserConfig`` (``denoiser``), ``FSDDConfig`` (``fsdd``), ``EvalConfig`` (``eval``) and ``RuntimeConfig``
+(``runtime``: where the stages run), and the two choices of
 FSDD as enums (``SigmaSchedule``, ``NoiseKind``). Each class's ``PRESETS`` registry holds its ``tiny`` / ``small`` /
 ``paper`` sizes; ``__post_init__`` checks value ranges. The study sections (ablation, sweep) are
 ``tokenset.config_studies``; reading ``params.yaml`` is ``tokenset.config.load_params``. Imports nothing from tokenset
@@ -13,12 +14,13 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import re
 from typing import Any, ClassVar, Literal
 
 from tokenset.config_schema import Section, _check
 
 __all__ = ["SigmaSchedule", "NoiseKind", "DataConfig", "TokenizerConfig", "TrainConfig", "DenoiserConfig",
-           "FSDDConfig", "EvalConfig"]
+           "FSDDConfig", "EvalConfig", "RuntimeConfig"]
 
 
 class SigmaSchedule(str, enum.Enum):
@@ -300,3 +302,21 @@ class EvalConfig(Section):
     def study_count(self) -> int:
         """Images per run in the study stages (ablation, sweep): ``study_samples``, or ``num_samples`` if it is 0."""
         return self.study_samples or self.num_samples
+
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig(Section):
+    """Where every stage runs (``runtime`` in params.yaml): ``device`` is ``auto`` (cuda when torch sees a GPU, else
+    cpu; ``tokenset.device.resolve_device``), or ``cpu``, ``cuda``, ``cuda:N``, ``mps``. The same ``dvc repro`` then
+    uses a GPU where there is one, with no edit."""
+
+    device: str = "auto"
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"default": {}}
+
+    def __post_init__(self) -> None:
+        _check(self, isinstance(self.device, str) and DEVICE_PATTERN.fullmatch(self.device) is not None, "device",
+               "auto, cpu, cuda, cuda:N or mps")

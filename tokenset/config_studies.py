@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal
 from tokenset.config_schema import Section, _check
 from tokenset.config_sections import TokenizerConfig, TrainConfig
 
-__all__ = ["ABLATION_ARMS", "STUDY_LOG_ROWS", "study_train", "AblationConfig", "SweepConfig"]
+__all__ = ["ABLATION_ARMS", "STUDY_LOG_ROWS", "study_train", "study_model", "AblationConfig", "SweepConfig"]
 
 
 ABLATION_ARMS = ("set", "ordered", "mean", "pma", "hungarian", "chamfer")
@@ -33,26 +33,59 @@ def study_train(train: TrainConfig, steps: int) -> TrainConfig:
                          warmup_steps=min(train.warmup_steps, steps // 4))
 
 
+def study_model(tokenizer: TokenizerConfig, width: int = 0, depth: int = 0, heads: int = 0, num_tokens: int = 0,
+                codebook_size: int = 0) -> TokenizerConfig:
+    """The model of a study: ``tokenizer`` with the encoder's and decoder's width, depth and heads, and M and C,
+    replaced where the value is not 0 (0 keeps the section's). A study may use a narrower model than the headline
+    tokenizer so that every arm gets its seeds within the pipeline's budget; its tables say which."""
+    sizes = dict(width=width, decoder_width=width, depth=depth, decoder_depth=depth, heads=heads,
+                 decoder_heads=heads, num_tokens=num_tokens, codebook_size=codebook_size)
+    return tokenizer.replace(**{k: v for k, v in sizes.items() if v})
+
+
+def _check_study(cfg: Section) -> None:
+    """The checks of the fields a study shares: seeds and the study model's sizes."""
+    _check(cfg, len(cfg.seeds) >= 1 and len(set(cfg.seeds)) == len(cfg.seeds), "seeds",
+           "a non-empty list of distinct seeds")
+    for key in ("width", "depth", "heads"):
+        _check(cfg, getattr(cfg, key) >= 0, key, "0 (the tokenizer section's) or a positive integer")
+
+
+# the study model of the `small` studies: 64 wide, 2 + 2 blocks of 2 heads, 32 tokens of 512 codes
+# (results/probes/tune_tokenizer/study_w64_d2_m32_c512_1500.json: 18.05 dB on the 10k test images after 1500 steps;
+# its log: +0.08 dB over the last 300)
+_SMALL_STUDY_MODEL = dict(width=64, depth=2, heads=2)
+
+
 @dataclasses.dataclass(frozen=True)
 class AblationConfig(Section):
     """Pooling vs matching vs set tokens (notebook 06): tokenizer arms trained under one budget.
 
     Arms: ``set`` (TokenSet), ``ordered`` (TiTok control), ``mean`` / ``pma`` (pooling), ``hungarian`` /
-    ``chamfer`` (matching); each is the ``tokenizer`` section with one switch changed (``ordered`` or
-    ``decoder_input``), trained with the ``train`` section at ``steps`` steps.
+    ``chamfer`` (matching); each is the study model (``study_model``: the ``tokenizer`` section with the sizes given
+    here) with one switch changed (``ordered`` or ``decoder_input``), trained with the ``train`` section at ``steps``
+    steps, once per seed of ``seeds``.
     """
 
     arms: tuple[Literal["set", "ordered", "mean", "pma", "hungarian", "chamfer"], ...]
     steps: int  # the shared budget: replaces train.steps for every arm
     psnr_threshold: float  # dB: report the first logged step (and wall time) at which val PSNR reaches it
     probe_images: int = 64  # first validation images whose assignment is tracked (matching instability)
+    seeds: tuple[int, ...] = (0,)  # independent runs of every arm (train.seed); a verdict needs >= 3
+    width: int = 0  # the study model (study_model): 0 keeps the tokenizer section's value
+    depth: int = 0
+    heads: int = 0
+    num_tokens: int = 0
+    codebook_size: int = 0
 
+    OMIT_IF_DEFAULT: ClassVar[tuple[str, ...]] = ("seeds", "width", "depth", "heads", "num_tokens", "codebook_size")
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": dict(arms=ABLATION_ARMS, steps=15, psnr_threshold=10.0, probe_images=16),
-        # 100 steps x 6 arms, one seed: a screen of how fast each arm starts, not a verdict (README, "Studies"; the
-        # verdicts issue gives them seeds and a budget past the plateau). 12 dB: the Fashion-MNIST set tokenizer's
-        # val PSNR at step 100 of the recipe probes (results/probes/tune_tokenizer/, 12.55-12.82 dB)
-        "small": dict(arms=ABLATION_ARMS, steps=100, psnr_threshold=12.0, probe_images=64),
+        "tiny": dict(arms=ABLATION_ARMS, steps=15, psnr_threshold=10.0, probe_images=16, seeds=(0, 1)),
+        # 6 arms x 3 seeds of the study model at 600 steps (its cosine schedule decays to the end; the headline
+        # tokenizer's 1250 steps x 18 runs would take ~100 minutes). 14 dB: the study model's val PSNR near step 300
+        # of its probe (results/probes/tune_tokenizer/study_w64_d2_m32_c512_1500.json)
+        "small": dict(arms=ABLATION_ARMS, steps=600, psnr_threshold=14.0, probe_images=64, seeds=(0, 1, 2),
+                      num_tokens=32, codebook_size=512, **_SMALL_STUDY_MODEL),
     }
 
     def __post_init__(self) -> None:
@@ -62,6 +95,14 @@ class AblationConfig(Section):
         _check(self, math.isfinite(self.psnr_threshold) and self.psnr_threshold > 0, "psnr_threshold",
                "a positive number of dB")
         _check(self, self.probe_images >= 1, "probe_images", "at least 1")
+        _check_study(self)
+        for key in ("num_tokens", "codebook_size"):
+            _check(self, getattr(self, key) >= 0, key, "0 (the tokenizer section's) or a positive integer")
+
+    def tokenizer(self, tokenizer: TokenizerConfig, arm: str) -> TokenizerConfig:
+        """The tokenizer of ``arm`` in this study: the study model, then ``arm_tokenizer``."""
+        return self.arm_tokenizer(study_model(tokenizer, self.width, self.depth, self.heads, self.num_tokens,
+                                              self.codebook_size), arm)
 
     @staticmethod
     def arm_tokenizer(tokenizer: TokenizerConfig, arm: str) -> TokenizerConfig:
@@ -72,9 +113,11 @@ class AblationConfig(Section):
             return tokenizer.replace(ordered=True, decoder_input="set")
         return tokenizer.replace(ordered=False, decoder_input=arm)
 
-    def arm_train(self, train: TrainConfig) -> TrainConfig:
-        """The shared optimisation of every arm (``study_train``; stage 1 only: the matching loss exists only there)."""
-        return study_train(train, self.steps)
+    def arm_train(self, train: TrainConfig, seed: int | None = None) -> TrainConfig:
+        """The shared optimisation of every arm (``study_train``; stage 1 only: the matching loss exists only there),
+        with ``train.seed`` replaced by ``seed`` when given."""
+        shared = study_train(train, self.steps)
+        return shared if seed is None else shared.replace(seed=seed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,8 +125,9 @@ class SweepConfig(Section):
     """Tokens and codebook size (notebook 09; the trend of the paper's Table 6 at small scale).
 
     The grid has one row per M (``num_tokens``) and one column per C (``codebook_sizes``). Each point is the
-    ``tokenizer`` section with ``num_tokens`` and ``codebook_size`` replaced, trained with the ``train`` section at
-    ``steps`` steps. ``grid: cross`` trains the centre row (M = ``centre_tokens``, every C) and the centre column
+    study model (``study_model``: the ``tokenizer`` section with the sizes given here) with ``num_tokens`` and
+    ``codebook_size`` replaced, trained with the ``train`` section at ``steps`` steps, once per seed of ``seeds``.
+    ``grid: cross`` trains the centre row (M = ``centre_tokens``, every C) and the centre column
     (C = ``centre_codebook``, every M); ``grid: full`` trains every (M, C) pair.
     """
 
@@ -96,16 +140,22 @@ class SweepConfig(Section):
     # FSDD on the centre row: a count denoiser (the denoiser section at C, M of the point) trained for fsdd_steps
     # (replaces train_generator.steps) on each point's tokens, scored by gFID at eval.num_samples; 0 skips it
     fsdd_steps: int = 0
+    seeds: tuple[int, ...] = (0,)  # independent runs of every point (train.seed); FSDD trains on the first seed's
+    width: int = 0  # the study model (study_model): 0 keeps the tokenizer section's value
+    depth: int = 0
+    heads: int = 0
 
+    OMIT_IF_DEFAULT: ClassVar[tuple[str, ...]] = ("seeds", "width", "depth", "heads")
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(num_tokens=(4, 8), codebook_sizes=(16, 32), centre_tokens=8, centre_codebook=32, grid="cross",
-                     steps=10, fsdd_steps=5),
-        # cross = 5 points of 100 steps around the `small` tokenizer (M = 64, C = 1024: the ablation's `set` arm, whose
-        # run is reused). Like the ablation, a screen of early training, not of capacity (README, "Studies"). FSDD on
-        # the centre row: 20 steps each (the generators get 300), as its cost grows with C (results/bench/denoiser.md),
-        # scored on eval.study_samples
-        "small": dict(num_tokens=(16, 32, 64), codebook_sizes=(256, 512, 1024), centre_tokens=64,
-                      centre_codebook=1024, grid="cross", steps=100, fsdd_steps=20),
+                     steps=10, fsdd_steps=5, seeds=(0, 1)),
+        # cross = 5 points x 3 seeds of the ablation's study model at its budget (600 steps), around its M = 32,
+        # C = 512: the centre point of each seed is the ablation's `set` arm, whose run is reused. FSDD on the centre
+        # row: 20 steps each (the generators get 300), as its cost grows with C (results/bench/denoiser.md), scored on
+        # eval.study_samples
+        "small": dict(num_tokens=(16, 32, 64), codebook_sizes=(256, 512, 1024), centre_tokens=32,
+                      centre_codebook=512, grid="cross", steps=600, fsdd_steps=20, seeds=(0, 1, 2),
+                      **_SMALL_STUDY_MODEL),
     }
 
     def __post_init__(self) -> None:
@@ -119,6 +169,7 @@ class SweepConfig(Section):
                f"one of codebook_sizes {list(self.codebook_sizes)}")
         _check(self, self.steps >= 1, "steps", "at least 1")
         _check(self, self.fsdd_steps >= 0, "fsdd_steps", "a non-negative integer (0: no FSDD on the centre row)")
+        _check_study(self)
 
     def centre_row(self) -> list[tuple[int, int]]:
         """(M, C) of the centre row: M = ``centre_tokens``, every C in increasing order."""
@@ -135,14 +186,15 @@ class SweepConfig(Section):
             return [(m, c) for m in sorted(self.num_tokens) for c in sorted(self.codebook_sizes)]
         return sorted(set(self.centre_row()) | set(self.centre_column()))
 
-    @staticmethod
-    def point_tokenizer(tokenizer: TokenizerConfig, num_tokens: int, codebook_size: int) -> TokenizerConfig:
-        """The tokenizer of one grid point: ``tokenizer`` with M and C replaced, nothing else."""
-        return tokenizer.replace(num_tokens=num_tokens, codebook_size=codebook_size)
+    def point_tokenizer(self, tokenizer: TokenizerConfig, num_tokens: int, codebook_size: int) -> TokenizerConfig:
+        """The tokenizer of one grid point: the study model with M and C replaced, nothing else."""
+        return study_model(tokenizer, self.width, self.depth, self.heads, num_tokens, codebook_size)
 
-    def point_train(self, train: TrainConfig) -> TrainConfig:
-        """The shared optimisation of every point (``study_train``, as the ablation's arms)."""
-        return study_train(train, self.steps)
+    def point_train(self, train: TrainConfig, seed: int | None = None) -> TrainConfig:
+        """The shared optimisation of every point (``study_train``, as the ablation's arms), with ``train.seed``
+        replaced by ``seed`` when given."""
+        shared = study_train(train, self.steps)
+        return shared if seed is None else shared.replace(seed=seed)
 
     def fsdd_train(self, train_generator: TrainConfig) -> TrainConfig:
         """The FSDD optimisation on each centre-row point: ``train_generator`` at ``fsdd_steps`` steps."""

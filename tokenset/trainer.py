@@ -356,7 +356,11 @@ class Trainer:
                 bar.update(1)
                 if self.step % self.cfg.log_every == 0 or self.step == end:
                     last = self._log(log)
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in last.items() if k in ("loss", "val_psnr")})
+                    shown = {k: f"{v:.4g}" for k, v in last.items() if k in ("loss", "val_psnr")}
+                    bar.set_postfix(shown)
+                    if self.progress:  # one line per log row: what `dvc repro` shows while a stage trains
+                        self._say(f"{self.out_dir.name}: stage {self.stage} step {self.step}/{end} "
+                                  + " ".join(f"{k} {v}" for k, v in shown.items()) + f" ({self.elapsed:.0f} s)")
                 if self.step % self.cfg.ckpt_every == 0 and self.step < end:
                     self.save()
         finally:
