@@ -48,7 +48,10 @@ import torch
 from torch import nn
 
 from tokenset import fsdd as F
-from tokenset.fsdd import adjust, checks, kernel, posterior
+from tokenset.fsdd import adjust as fsdd_adjust
+from tokenset.fsdd import checks as fsdd_checks
+from tokenset.fsdd import kernel as fsdd_kernel
+from tokenset.fsdd import posterior as fsdd_posterior
 from tokenset.config import SigmaSchedule
 
 TOP_P = 0.8
@@ -224,7 +227,7 @@ class Workload:
         self.f = F.sigma_scale(SigmaSchedule.SIGMOID, T_NEXT)
 
     def ours(self, g: torch.Generator) -> torch.Tensor:
-        posterior = posterior._ModelPosterior(self.cond, self.uncond, self.guidance)
+        posterior = fsdd_posterior._ModelPosterior(self.cond, self.uncond, self.guidance)
         return self.fsdd._step(posterior, self.z, T, T_NEXT, TOP_P, self.f, g)[1]
 
     def official(self) -> torch.Tensor:
@@ -250,21 +253,21 @@ def greedy_state(size: int, total: int, batch: int) -> tuple[torch.Tensor, torch
 @torch.no_grad()
 def parts_of_ours(w: Workload, repeats: int) -> dict[str, float]:
     g = torch.Generator().manual_seed(2)
-    posterior = posterior._ModelPosterior(w.cond, w.uncond, w.guidance)
+    posterior = fsdd_posterior._ModelPosterior(w.cond, w.uncond, w.guidance)
     u = torch.rand(w.z.shape, generator=g)
     out = {"posterior + top-p": median_time(lambda: posterior.draw(TOP_P, u), repeats)}
     x1 = posterior.draw(TOP_P, u)
-    rounds = checks._one_thread(adjust._greedy_rounds)  # as the sampler runs them (FSDD._step is under _one_thread)
-    out["greedy on x1_hat"] = median_time(lambda: rounds(x1, adjust._gains_of(posterior.prob_at), w.total, True, g),
+    rounds = fsdd_checks._one_thread(fsdd_adjust._greedy_rounds)  # as the sampler runs them (FSDD._step is under _one_thread)
+    out["greedy on x1_hat"] = median_time(lambda: rounds(x1, fsdd_adjust._gains_of(posterior.prob_at), w.total, True, g),
                                           repeats)
-    x1 = rounds(x1, adjust._gains_of(posterior.prob_at), w.total, True, g).float()
+    x1 = rounds(x1, fsdd_adjust._gains_of(posterior.prob_at), w.total, True, g).float()
     x0_hat = (w.z.float() - T * x1) / (1 - T)
     mean = T_NEXT * x1 + (1 - T_NEXT) * x0_hat
     sigma = (x0_hat - x1).abs() * (0.25 * w.f) + F.SIGMA_EPS
-    kernel = kernel._GaussianKernel(mean, sigma, w.total)
+    kernel = fsdd_kernel._GaussianKernel(mean, sigma, w.total)
     out["kernel draw"] = median_time(lambda: kernel.evaluate(u), repeats)
     zt = kernel.evaluate(u)
-    out["greedy on z_t"] = median_time(lambda: rounds(zt, adjust._gains_of(kernel.prob_at), w.total, True, g), repeats)
+    out["greedy on z_t"] = median_time(lambda: rounds(zt, fsdd_adjust._gains_of(kernel.prob_at), w.total, True, g), repeats)
     return out
 
 
