@@ -2,7 +2,7 @@
 
 One step = FSDD.training_loss (t, x0, the discretised-Gaussian z_t, the model, cross-entropy) + backward + AdamW,
 batch B of count vectors over C codes summing to M; the mean of --repeats steps after one warm-up step.
-Used to size the `small` denoiser preset (tokenset/config.py, DenoiserConfig.PRESETS).
+Used to size the `small` denoiser preset (tokenset/config_sections.py, DenoiserConfig.PRESETS).
 
 Run: .venv/bin/python benchmarks/bench_denoiser.py [--shapes 128x4 96x3 64x3] [--codebook 512] [--total 32] [--batch 32]
 """

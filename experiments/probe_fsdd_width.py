@@ -3,7 +3,7 @@
 Trains FSDD (the `train_generator` section of params.yaml) on the training tokens of the pipeline's set tokenizer
 (data/checkpoints/tokenizer/set, cached tokens in data/tokens/set.pt; run `make repro` first), then samples
 eval.num_samples images per seed and scores them against the validation split with the pipeline's extractor.
-Used to size the `small` denoiser preset (tokenset/config.py, DenoiserConfig.PRESETS; README "Denoiser width").
+Used to size the `small` denoiser preset (tokenset/config_sections.py, DenoiserConfig.PRESETS; docs/experiments.md).
 The FSDD checkpoint goes under data/probes/ (not committed); the record (command, training, gFID per seed) to
 results/probes/fsdd_width/<width>x<depth>.json (committed). Public API only.
 

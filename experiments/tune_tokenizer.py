@@ -1,7 +1,8 @@
 """Probe: train one tokenizer configuration on the prepared data and record its metrics as JSON.
 
-Used to choose the `small` preset's recipe; every number quoted in config.py / params.yaml about a recipe choice
-names the command line of this script that produced it. The checkpoint goes under data/probes/ (not committed), the
+Used to choose the `small` preset's recipe and the studies' model; every number quoted in
+tokenset/config_sections.py, tokenset/config_studies.py or params.yaml about a recipe choice names the command line
+of this script that produced it. The checkpoint goes under data/probes/ (not committed), the
 record (command, overrides, metrics) to results/probes/tune_tokenizer/<name>.json (committed).
 
     python experiments/tune_tokenizer.py --name m64 --threads 1 tokenizer.num_tokens=64 train.steps=1500
