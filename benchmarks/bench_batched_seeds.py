@@ -69,10 +69,10 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
+from bench_tokenizer import parse_spec  # this script's folder is on sys.path when it runs
 from tokenset.config import TokenizerConfig, TrainConfig
 from tokenset.set_decoders import MATCHING_ARMS
 from tokenset.tokenizer import Attention, SetTokenizer
@@ -170,18 +170,6 @@ def param_groups(named: list[tuple[str, torch.Tensor]], weight_decay: float, ext
 
     return [{"params": [p for n, p in named if decays(n, p)], "weight_decay": weight_decay},
             {"params": [p for n, p in named if not decays(n, p)], "weight_decay": 0.0}]
-
-
-def parse_preset(spec: str) -> tuple[str, dict]:
-    """"small" or "tiny:pixel_head=conv,width=64" -> (preset name, TokenizerConfig overrides)."""
-    name, _, rest = spec.partition(":")
-    overrides = {}
-    for item in filter(None, rest.split(",")):
-        key, eq, value = item.partition("=")
-        if not eq or not key:
-            raise SystemExit(f"--preset {spec!r}: expected NAME or NAME:KEY=VALUE[,KEY=VALUE...]")
-        overrides[key] = yaml.safe_load(value)
-    return name, overrides
 
 
 def make_models(cfg: TokenizerConfig, seeds: int) -> list[SetTokenizer]:
@@ -357,7 +345,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--head loop needs --grad-mode autograd")
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
-    name, overrides = parse_preset(args.preset)
+    name, overrides = parse_spec(args.preset)
     cfg = TokenizerConfig.preset(name, **overrides)
     train = TrainConfig.preset(name)
     batch = args.batch or train.batch_size

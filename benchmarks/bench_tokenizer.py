@@ -61,7 +61,7 @@ def parse_spec(spec: str) -> tuple[str, dict]:
     for item in filter(None, rest.split(",")):
         key, eq, value = item.partition("=")
         if not eq or not key:
-            raise SystemExit(f"--presets {spec!r}: expected NAME or NAME:KEY=VALUE[,KEY=VALUE...]")
+            raise SystemExit(f"preset {spec!r}: expected NAME or NAME:KEY=VALUE[,KEY=VALUE...]")
         overrides[key] = yaml.safe_load(value)
     return name, overrides
 
