@@ -141,7 +141,7 @@ def test_first_reaching_rejects_bad_input():
 def test_seed_run_names_the_tokenizer_stage_folders():
     assert analysis.seed_run("set", 0, (0, 1, 2)) == "set"
     assert analysis.seed_run("ordered", 2, (0, 1, 2)) == "ordered_seed2"
-    with pytest.raises(ValueError, match="not one of the tokenizer seeds"):
+    with pytest.raises(ValueError, match="not one of the seeds"):
         analysis.seed_run("set", 5, (0, 1))
 
 

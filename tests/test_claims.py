@@ -70,9 +70,9 @@ def test_collect_judges_every_claim_from_its_table(tmp_path):
     assert table.loc["4. Capacity follows complexity", "verdict"] == NOT_REPRODUCED  # interval below 0
     assert "1 of 1 classes" in table.loc["4. Capacity follows complexity", "ours"]
     assert table.loc["5. More tokens / codes reconstruct better", "verdict"] == REPRODUCED  # rho +1 in every seed
-    assert table.loc["6. FSDD beats ar_sorted", "verdict"] == INCONCLUSIVE  # one trained generator each
+    assert table.loc["6. FSDD beats ar_sorted", "verdict"] == INCONCLUSIVE  # two trained generators each
     assert "ar_sorted minus FSDD +10.0" in table.loc["6. FSDD beats ar_sorted", "ours"]
-    assert "over sampling seeds" in table.loc["6. FSDD beats ar_sorted", "interval"]
+    assert "2 trained generator(s) each" in table.loc["6. FSDD beats ar_sorted", "evidence"]
 
 
 def test_robustness_with_too_few_seeds_or_the_wrong_sign(tmp_path):
@@ -104,6 +104,21 @@ def test_a_set_tokenizer_is_judged_non_inferior(tmp_path):
         _tables(tmp_path / name, set_gain=gain)
         verdicts[name] = claims.collect(tmp_path / name).set_index("claim").loc[claim, "verdict"]
     assert verdicts == {"better": REPRODUCED, "worse": NOT_REPRODUCED, "equal": REPRODUCED}
+
+
+@pytest.mark.parametrize("gap, verdict", [(10.0, REPRODUCED), (-10.0, NOT_REPRODUCED), (0.0, INCONCLUSIVE)])
+def test_generation_verdict_pairs_three_trained_generators_by_seed(tmp_path, gap, verdict):
+    (tmp_path / "tables").mkdir()
+    noise = {0: 0.5, 1: -0.3, 2: 0.1}  # seed effects shared by both generators, plus a little of its own
+    pd.DataFrame([dict(generator=g, seed=s, fid=100 + noise[s] + (gap if g != "fsdd" else 0.2 * s),
+                       class_accuracy=0.5 if g == "fsdd" else 0.7)
+                  for g in ("fsdd", "ar_sorted", "masked_sorted") for s in (0, 1, 2)]
+                 ).to_csv(tmp_path / "tables" / "gfid_runs.csv", index=False)
+    rows = {r["claim"]: r for r in claims.generation_claims(tmp_path)}
+    assert rows["6. FSDD beats ar_sorted"]["verdict"] == verdict
+    assert rows["6. FSDD beats masked_sorted"]["verdict"] == verdict
+    assert "class accuracy 50% vs 70%" in rows["6. FSDD beats ar_sorted"]["ours"]
+    assert "3 trained generator(s) each" in rows["6. FSDD beats ar_sorted"]["evidence"]
 
 
 def test_a_missing_generator_is_named(tmp_path):

@@ -191,11 +191,12 @@ def reference_subset(images: torch.Tensor, n: int, seed: int = 0) -> tuple[torch
 
 
 def seed_run(arm: str, seed: int, seeds: Sequence[int]) -> str:
-    """The checkpoint folder of ``arm`` trained with ``seed`` by stage ``tokenizer``: ``arm`` for the first of
-    ``seeds`` (the run every later stage uses), ``{arm}_seed{seed}`` for the others."""
+    """The checkpoint folder of ``arm`` (a tokenizer arm of stage ``tokenizer``, a generator of stage ``generators``)
+    trained with ``seed``: ``arm`` for the first of ``seeds`` (the run later stages use), ``{arm}_seed{seed}`` for
+    the others."""
     seeds = list(seeds)
     if seed not in seeds:
-        raise ValueError(f"seed {seed!r} is not one of the tokenizer seeds {seeds}")
+        raise ValueError(f"seed {seed!r} is not one of the seeds {seeds}")
     return arm if seed == seeds[0] else f"{arm}_seed{seed}"
 
 

@@ -25,13 +25,13 @@ from typing import Any
 import yaml
 
 from tokenset.config_schema import Section, from_mapping
-from tokenset.config_sections import (DataConfig, DenoiserConfig, EvalConfig, FSDDConfig, NoiseKind, RuntimeConfig,
-                                      SigmaSchedule, TokenizerConfig, TrainConfig)
+from tokenset.config_sections import (DataConfig, DenoiserConfig, EvalConfig, FSDDConfig, GenerationConfig, NoiseKind,
+                                      RuntimeConfig, SigmaSchedule, TokenizerConfig, TrainConfig)
 from tokenset.config_studies import ABLATION_ARMS, STUDY_LOG_ROWS, AblationConfig, SweepConfig, study_train
 
 __all__ = ["Section", "from_mapping", "SigmaSchedule", "NoiseKind", "DataConfig", "TokenizerConfig", "TrainConfig",
-           "DenoiserConfig", "FSDDConfig", "EvalConfig", "RuntimeConfig", "ABLATION_ARMS", "STUDY_LOG_ROWS", "study_train",
-           "AblationConfig", "SweepConfig", "SECTIONS", "load_params", "project_root"]
+           "DenoiserConfig", "FSDDConfig", "EvalConfig", "GenerationConfig", "RuntimeConfig", "ABLATION_ARMS",
+           "STUDY_LOG_ROWS", "study_train", "AblationConfig", "SweepConfig", "SECTIONS", "load_params", "project_root"]
 
 
 SECTIONS: dict[str, type[Section]] = {
@@ -42,6 +42,7 @@ SECTIONS: dict[str, type[Section]] = {
     "fsdd": FSDDConfig,
     "train_generator": TrainConfig,
     "eval": EvalConfig,
+    "generation": GenerationConfig,
     "ablation": AblationConfig,
     "sweep": SweepConfig,
     "runtime": RuntimeConfig,

@@ -200,6 +200,7 @@ class DenoiserConfig(Section):
     mlp_ratio: float = 4.0  # MLP hidden width = int(width * mlp_ratio)
     class_dropout: float = 0.1  # probability of the null class in training (classifier-free guidance)
     time_freq_dim: int = 256  # sinusoidal features of t before the timestep MLP (DiT's 256)
+    patch: int = 1  # codebook entries per sequence position (1: the paper's one position per entry)
 
     # The same width/depth/heads also size the baselines (tokenset.baselines), so comparisons are fair.
     # S and B are the paper's DiT-S / DiT-B (36M / 137M at C=4096, M=128; see tokenset/denoiser.py for the count).
@@ -209,7 +210,10 @@ class DenoiserConfig(Section):
         # M=32, B=32 on 2 cores (benchmarks/bench_denoiser.py, results/bench/denoiser.md). Trained 300 steps on the
         # same tokens, 64 / 3 scored gFID 235.4 / 227.5 (seeds 0 / 1) against 236.6 / 226.9 for 96 / 3 and samples
         # 2.4x faster (experiments/probe_fsdd_width.py, README "Denoiser width")
-        "small": dict(num_classes=10, width=64, depth=3, heads=4),
+        # patch 8: eight codebook entries per position, so a C = 1024 count vector is 128 positions. 0.104 s per
+        # training step against 1.250 s with patch 1 at C = 1024, M = 64, B = 32 (bench_denoiser.py --patches 1 4 8
+        # 16; results/bench/denoiser.md, session 9)
+        "small": dict(num_classes=10, width=64, depth=3, heads=4, patch=8),
         "S": dict(num_classes=1000, width=384, depth=12, heads=6),
         "B": dict(num_classes=1000, width=768, depth=12, heads=12),
     }
@@ -217,9 +221,10 @@ class DenoiserConfig(Section):
     def __post_init__(self) -> None:
         _check(self, self.heads >= 1, "heads", "at least 1")
         _check(self, self.width % self.heads == 0, "width", f"divisible by heads={self.heads}")
-        for key in ("codebook_size", "total", "num_classes", "depth", "width", "time_freq_dim"):
+        for key in ("codebook_size", "total", "num_classes", "depth", "width", "time_freq_dim", "patch"):
             _check(self, getattr(self, key) >= 1, key, "at least 1")
         _check(self, self.mlp_ratio > 0, "mlp_ratio", "a positive number")
+        _check(self, self.codebook_size % self.patch == 0, "patch", f"a divisor of codebook_size={self.codebook_size}")
         _check(self, 0.0 <= self.class_dropout < 1.0, "class_dropout", "a number in [0, 1)")
 
 
@@ -305,6 +310,54 @@ class EvalConfig(Section):
 
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationConfig(Section):
+    """Claim 6 (stages generators and fid_tables): how many generators are trained and how they are scored.
+
+    Every generator of ``tokenset.generators.GENERATORS`` is trained once per seed of ``seeds`` (independent runs:
+    initialisation and batches); the first seed's models also draw the sample grid, FSDD's loss across t and the
+    guidance sweep. Each trained generator draws ``samples_per_class`` images of every class (class-balanced), scored
+    against ``reference_samples`` validation images (0: all) by ``extractor``, beside the real-vs-real floor at the
+    same counts. ``extractor: dataset`` is a CNN trained on the training images for ``extractor_steps`` steps
+    (``tokenset.dataset_extractor``); it also classifies the samples (class accuracy). Its numbers are not
+    Inception numbers, and no table mixes the two.
+    """
+
+    seeds: tuple[int, ...]
+    samples_per_class: int
+    extractor: Literal["inception", "dataset"]
+    extractor_steps: int = 3000
+    reference_samples: int = 0
+    guidance_scales: tuple[float, ...] = (1.0,)  # the sweep of FSDD and masked_sorted (first seed)
+    grid_per_class: int = 8  # samples per class in the grid figure
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": dict(seeds=(0, 1), samples_per_class=6, extractor="dataset", extractor_steps=100,
+                     guidance_scales=(1.0, 2.0), grid_per_class=2),
+        # 1000 class-balanced samples per trained generator against the 10k validation images. Inception runs at
+        # ~8 images/s on 2 cores (results/bench/metrics.md): 10k references and 12k samples would take ~45 minutes,
+        # so the CPU preset scores with the Fashion-MNIST CNN (~6k images/s), which also reads the class of a sample
+        "small": dict(seeds=(0, 1, 2), samples_per_class=100, extractor="dataset", extractor_steps=3000,
+                      guidance_scales=(1.0, 2.0, 3.0)),
+        "paper": dict(seeds=(0,), samples_per_class=50, extractor="inception", guidance_scales=(1.0, 2.0, 3.0)),
+    }
+
+    def __post_init__(self) -> None:
+        _check(self, len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), "seeds",
+               "at least one seed, no repeats")
+        _check(self, self.samples_per_class >= 1, "samples_per_class", "at least 1")
+        _check(self, self.extractor_steps >= 1, "extractor_steps", "at least 1")
+        _check(self, self.reference_samples == 0 or self.reference_samples >= 2, "reference_samples",
+               "0 (all validation images) or at least 2")
+        _check(self, len(self.guidance_scales) >= 1 and all(g >= 0 for g in self.guidance_scales),
+               "guidance_scales", "at least one scale, each >= 0")
+        _check(self, self.grid_per_class >= 1, "grid_per_class", "at least 1")
+
+    def scoring(self, eval_cfg: EvalConfig) -> EvalConfig:
+        """``eval_cfg`` with this section's extractor (and its training steps): what ``metrics.fid_options`` takes."""
+        return eval_cfg.replace(extractor=self.extractor, dataset_extractor_steps=self.extractor_steps)
 
 
 @dataclasses.dataclass(frozen=True)

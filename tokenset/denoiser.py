@@ -11,6 +11,12 @@ distribution over the clean count ``x1_j in {0, ..., M}``::
     FinalLayer(x, c)                adaLN shift/scale, one linear D -> M + 1 shared by all positions
     -> logits (B, C, M + 1)
 
+Patches (``cfg.patch = p``, default 1 = the paper's network). Like DiT's patch size, p consecutive codebook
+entries share one sequence position: the C / p positions embed the sum of p slot-specific count embeddings
+(``p (M + 1)`` rows), and the read-out emits ``p (M + 1)`` logits per position, reshaped to (B, C, M + 1). Attention
+then costs (C / p)^2 instead of C^2: the CPU lever of the ``small`` preset (see ``DenoiserConfig``). Everything
+downstream (loss, sampler) sees the same (B, C, M + 1) logits.
+
 The network knows nothing about fixed sums or the diffusion process (tokenset/fsdd/); it is a plain
 conditional classifier at every position.
 
@@ -37,7 +43,7 @@ The difference is one table: the official code sizes its count embedding by the 
 rows) although counts only reach M = 128, so it carries (C - M) * D never-read parameters (1.52M for S, 3.05M for
 B); adding them gives 36,041,985 and 136,669,569, the paper's 36M and 137M. We keep the M + 1-row table (only those
 rows can be read), so S is 4.1% and B 2.5% under the paper's totals. The CPU preset ``small`` (width 64,
-depth 3, 4 heads) at C = 512, M = 64, 10 classes has 294,849.
+depth 3, 4 heads, patch 8) at C = 1024, M = 64, 10 classes has 328,968 (327,617 with patch 1).
 """
 
 from __future__ import annotations
@@ -252,12 +258,14 @@ class CountDiT(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.width
-        self.count_embed = nn.Embedding(cfg.total + 1, d)  # counts 0..M
-        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.codebook_size, d))  # one row per codebook entry
+        p, k = cfg.patch, cfg.total + 1
+        self.count_embed = nn.Embedding(p * k, d)  # counts 0..M, one table per slot of a position
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.codebook_size // p, d))  # one row per position
         self.t_embed = TimestepEmbedder(d, freq_dim=cfg.time_freq_dim)
         self.y_embed = LabelEmbedder(cfg.num_classes, d, cfg.class_dropout)
         self.blocks = nn.ModuleList(DiTBlock(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
-        self.final = FinalLayer(d, cfg.total + 1)
+        self.final = FinalLayer(d, p * k)
+        self.register_buffer("slot_offset", torch.arange(p) * k, persistent=False)
         init_dit_weights_(self)
         nn.init.normal_(self.pos_embed, std=0.02)
 
@@ -279,8 +287,13 @@ class CountDiT(nn.Module):
         b = z.shape[0]
         _check_time(t, b)
         check_int_tensor("labels", labels, (b,), 0, cfg.num_classes)
-        x = self.count_embed(z) + self.pos_embed  # (B, C, D)
+        p = cfg.patch
+        if p == 1:
+            x = self.count_embed(z)  # (B, C, D)
+        else:  # slot s of a position reads rows s (M + 1) .. s (M + 1) + M; the slots' embeddings add up
+            x = self.count_embed(z.view(b, -1, p) + self.slot_offset).sum(2)  # (B, C / p, D)
+        x = x + self.pos_embed
         c = self.t_embed(t) + self.y_embed(labels, force_drop, generator)  # (B, D)
         for block in self.blocks:
             x = block(x, c)
-        return self.final(x, c)  # (B, C, M + 1)
+        return self.final(x, c).view(b, cfg.codebook_size, cfg.total + 1)  # (B, C, M + 1)

@@ -39,7 +39,8 @@ from tokenset.tokenizer import SetTokenizer
 from tokenset.trainer import Trainer, rank_world
 
 __all__ = ["GeneratorSpec", "GENERATORS", "model_input", "build_generator", "GeneratorLoss", "fit_generator",
-           "generate", "sample_images", "encode_cached", "fsdd_loss_by_t", "load_generator"]
+           "generate", "class_balanced_labels", "generate_images", "sample_images", "encode_cached", "fsdd_loss_by_t",
+           "load_generator"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,23 +184,49 @@ def generate(name: str, model: nn.Module, labels: torch.Tensor, fsdd_cfg: FSDDCo
     return autoregressive.sample(model, labels, guidance=g, generator=generator)
 
 
+def class_balanced_labels(num_classes: int, per_class: int) -> torch.Tensor:
+    """(num_classes * per_class,) int64: ``per_class`` copies of every class, class by class (0, 0, .., 1, 1, ..)."""
+    if num_classes < 1 or per_class < 1:
+        raise ValueError(f"num_classes and per_class: expected at least 1 each, got {num_classes} and {per_class}")
+    return torch.arange(num_classes).repeat_interleave(per_class)
+
+
+def _decode_generated(name: str, model: nn.Module, tokenizer: SetTokenizer, labels: torch.Tensor,
+                      fsdd_cfg: FSDDConfig, guidance: float | None, generator: torch.Generator,
+                      batch_size: int) -> torch.Tensor:
+    device = next(model.parameters()).device
+    tokens = torch.cat([generate(name, model, labels[lo:lo + batch_size].to(device), fsdd_cfg, guidance=guidance,
+                                 generator=generator).cpu() for lo in range(0, len(labels), batch_size)])
+    return to_uint8(analysis.decode_tokens(tokenizer, tokens))
+
+
+@torch.no_grad()
+def generate_images(name: str, model: nn.Module, tokenizer: SetTokenizer, labels: torch.Tensor, fsdd_cfg: FSDDConfig,
+                    seed: int = 0, guidance: float | None = None, batch_size: int = 256) -> torch.Tensor:
+    """One generated image per label: uint8 (len(labels), 3, H, W), from ``generate`` (seeded by ``seed``) in batches
+    of ``batch_size``, decoded by ``tokenizer`` (the tokenizer whose tokens generator ``name`` models).
+    labels: (N,) int64 class labels, e.g. ``class_balanced_labels``."""
+    if not isinstance(labels, torch.Tensor) or labels.ndim != 1 or not len(labels) or labels.dtype != torch.int64:
+        got = (labels.dtype, tuple(labels.shape)) if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ValueError(f"labels: expected a non-empty 1-D int64 tensor of class labels, got {got}")
+    return _decode_generated(name, model, tokenizer, labels, fsdd_cfg, guidance, torch.Generator().manual_seed(seed),
+                             batch_size)
+
+
 @torch.no_grad()
 def sample_images(name: str, model: nn.Module, tokenizer: SetTokenizer, class_freq_labels: torch.Tensor, num: int,
                   fsdd_cfg: FSDDConfig, seed: int = 0, guidance: float | None = None,
                   batch_size: int = 256) -> torch.Tensor:
     """``num`` generated images, uint8 (num, 3, H, W): labels drawn (seeded) from ``class_freq_labels`` (e.g. the
-    training labels, so the classes follow their training frequencies), tokens from ``generate`` in batches of
-    ``batch_size``, decoded by ``tokenizer`` (the tokenizer whose tokens generator ``name`` models)."""
+    training labels, so the classes follow their training frequencies), then as ``generate_images`` (the same
+    seeded generator continues from the label draws)."""
     if num < 1:
         raise ValueError(f"num: expected at least 1 image, got {num}")
     if not isinstance(class_freq_labels, torch.Tensor) or class_freq_labels.ndim != 1 or not len(class_freq_labels):
         raise ValueError("class_freq_labels: expected a non-empty 1-D tensor of class labels")
     g = torch.Generator().manual_seed(seed)
     labels = class_freq_labels[torch.randint(len(class_freq_labels), (num,), generator=g)]
-    device = next(model.parameters()).device
-    tokens = torch.cat([generate(name, model, labels[lo:lo + batch_size].to(device), fsdd_cfg, guidance=guidance,
-                                 generator=g).cpu() for lo in range(0, num, batch_size)])
-    return to_uint8(analysis.decode_tokens(tokenizer, tokens))
+    return _decode_generated(name, model, tokenizer, labels, fsdd_cfg, guidance, g, batch_size)
 
 
 def encode_cached(checkpoint: str | Path, images: torch.Tensor, cache: str | Path,
