@@ -18,13 +18,47 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from tokenset import data, generators, metrics
+from tokenset.bijection import counts_to_set
 from tokenset.config import load_params
 from tokenset.dataset_extractor import load_dataset_extractor, train_dataset_extractor
+from tokenset.fsdd import FSDD, fixed_sum_noise
 from tokenset.generators import fit_generator
 from tokenset.report import write_json
 from tokenset.tokenizer import SetTokenizer
+
+
+@torch.no_grad()
+def diagnose(model, fsdd_cfg, tokens, token_labels, tok, cnn, labels, seed, n=512) -> dict:
+    """Does FSDD's denoiser use the class? Cross-entropy to the clean counts of ``n`` training token sets with their
+    labels, shuffled labels and the null label, at four t; and the class accuracy (by ``cnn``) of images decoded
+    from the expected counts E[x1 | z_0, class] at t = 0, rounded to sum M (largest remainders)."""
+    cfg = model.cfg
+    g = torch.Generator().manual_seed(seed)
+    counts = generators.model_input("fsdd", tokens[:n], cfg.codebook_size)
+    y = token_labels[:n]
+    process = FSDD.from_config(fsdd_cfg, cfg.codebook_size, cfg.total, num_classes=cfg.num_classes)
+    out = {"cross_entropy": []}
+    for t in (0.0, 0.3, 0.6, 0.9):
+        tt = torch.full((n,), t)
+        z = process.q_sample(counts, fixed_sum_noise(n, cfg.codebook_size, cfg.total, g), tt, g)
+        ce = {what: float(F.cross_entropy(model(z, tt, lab).flatten(0, 1), counts.flatten()))
+              for what, lab in (("true", y), ("shuffled", y[torch.randperm(n, generator=g)]),
+                                ("null", torch.full((n,), cfg.num_classes)))}
+        out["cross_entropy"].append(dict(t=t, **ce))
+    z = fixed_sum_noise(len(labels), cfg.codebook_size, cfg.total, g)
+    probs = model(z, torch.zeros(len(labels)), labels).softmax(-1)
+    mean = (probs * torch.arange(cfg.total + 1)).sum(-1)
+    scaled = mean / mean.sum(1, keepdim=True) * cfg.total
+    rounded = scaled.floor().long()
+    short = cfg.total - rounded.sum(1)  # largest remainders get the missing units
+    order = (scaled - rounded).argsort(1, descending=True)
+    rounded.scatter_add_(1, order, (torch.arange(cfg.codebook_size)[None] < short[:, None]).long())
+    images = data.to_uint8(tok.decode(counts_to_set(rounded)))
+    out["expected_counts_class_accuracy"] = float(cnn(images).argmax(1).eq(labels).float().mean())
+    return out
 
 
 def main() -> None:
@@ -39,6 +73,9 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=50)
     parser.add_argument("--guidance", type=float, nargs="+", default=[1.0])
     parser.add_argument("--top-p", type=float, default=None, help="FSDD's x1 draws (default: params.yaml fsdd)")
+    parser.add_argument("--diagnose", action="store_true",
+                        help="FSDD only: validation cross-entropy with true / shuffled / null labels at t = 0, 0.3, "
+                             "0.6, 0.9, and the class accuracy of the decoded expected counts at t = 0")
     parser.add_argument("--extractor-steps", type=int, default=3000)
     args = parser.parse_args()
     p = "params.yaml"
@@ -71,6 +108,12 @@ def main() -> None:
         fit = fit_generator(name, den, fsdd_cfg, train_cfg, tokens, train_y,
                             Path("data/probes/generators") / args.tag / name)
         labels = torch.arange(10).repeat_interleave(args.per_class)
+        if args.diagnose and name == "fsdd":
+            record.setdefault("diagnostics", []).append(
+                dict(steps=fit["steps"], patch=den.patch, **diagnose(fit["model"], fsdd_cfg, tokens, train_y, tok, cnn,
+                                                                     labels, args.seed)))
+            print(record["diagnostics"][-1], flush=True)
+            write_json(record, record_path)
         for guidance in args.guidance:
             start = time.perf_counter()
             g = torch.Generator().manual_seed(args.seed)

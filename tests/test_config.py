@@ -14,6 +14,7 @@ from tokenset.config import (
     DenoiserConfig,
     EvalConfig,
     FSDDConfig,
+    GenerationConfig,
     SigmaSchedule,
     TokenizerConfig,
     TrainConfig,
@@ -42,7 +43,7 @@ def test_every_section_of_the_repo_params_loads():
         assert isinstance(cfg, SECTIONS[section])
 
 
-@pytest.mark.parametrize("cls", [DataConfig, TokenizerConfig, TrainConfig, FSDDConfig])
+@pytest.mark.parametrize("cls", [DataConfig, TokenizerConfig, TrainConfig, FSDDConfig, GenerationConfig])
 @pytest.mark.parametrize("name", ["tiny", "small", "paper"])
 def test_presets_build(cls, name):
     cfg = cls.preset(name)
@@ -157,6 +158,19 @@ def test_eval_reference_samples_and_tokenizer_seeds():
         EvalConfig.preset("small", tokenizer_seeds=(0, 0))
     with pytest.raises(ValueError, match="tokenizer_seeds"):
         EvalConfig.preset("small", tokenizer_seeds=())
+
+
+def test_generation_section():
+    small = GenerationConfig.preset("small")
+    assert small.seeds == (0, 1, 2) and small.samples_per_class == 100  # claim 6: 3 trained, 1000 samples each
+    assert small.extractor == "dataset" and small.reference_samples == 0  # all validation images
+    scoring = small.scoring(EvalConfig.preset("small"))
+    assert scoring.extractor == "dataset" and scoring.dataset_extractor_steps == small.extractor_steps
+    assert scoring.reference_samples == EvalConfig.preset("small").reference_samples  # the rest unchanged
+    for key, value in (("seeds", (1, 1)), ("seeds", ()), ("samples_per_class", 0), ("guidance_scales", (-1.0,)),
+                       ("reference_samples", 1), ("grid_per_class", 0)):
+        with pytest.raises(ValueError, match=f"'{key}'"):
+            GenerationConfig.preset("small", **{key: value})
 
 
 def test_runtime_device_section(tmp_path):

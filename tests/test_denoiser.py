@@ -269,3 +269,41 @@ def test_loss_decreases_on_tiny_overfit():
     assert losses[0] == pytest.approx(math.log(cfg.total + 1), rel=1e-4)  # uniform start
     # (the median resists the occasional spike of a high learning rate)
     assert sorted(losses[-10:])[5] < 0.2 * losses[0], losses[-10:]
+
+
+# --------------------------------------------------------------------------------------------- patches
+
+
+@pytest.mark.parametrize("patch", [2, 4])
+def test_patch_shapes_and_positions(patch):
+    cfg = tiny(codebook_size=12, total=5, patch=patch)
+    model = randomized(CountDiT(cfg)).eval()
+    assert model.pos_embed.shape[1] == 12 // patch  # C / p sequence positions
+    assert model.count_embed.num_embeddings == patch * (cfg.total + 1)  # one count table per slot
+    z, t, y = inputs(cfg, 3)
+    out = model(z, t, y)
+    assert out.shape == (3, 12, cfg.total + 1) and torch.isfinite(out).all()
+    assert torch.equal(CountDiT(cfg).eval()(z, t, y), torch.zeros_like(out))  # adaLN-Zero: uniform at the start
+
+
+def test_patch_slots_are_told_apart():
+    # codes 0 and 1 share position 0 (patch 2): swapping their counts must change the logits of both codes
+    cfg = tiny(codebook_size=8, total=4, patch=2)
+    model = randomized(CountDiT(cfg)).eval()
+    z, t, y = inputs(cfg, 2)
+    z[:, 0], z[:, 1] = 3, 0
+    swapped = z.clone()
+    swapped[:, 0], swapped[:, 1] = 0, 3
+    assert not torch.allclose(model(z, t, y)[:, :2], model(swapped, t, y)[:, :2])
+
+
+def test_patch_must_divide_the_codebook():
+    with pytest.raises(ValueError, match="key 'patch' is 5; expected a divisor of codebook_size=12"):
+        tiny(codebook_size=12, patch=5)
+    with pytest.raises(ValueError, match="'patch'"):
+        tiny(patch=0)
+
+
+def test_small_preset_patches_eight_codes_per_position():
+    cfg = DenoiserConfig.preset("small", codebook_size=1024, total=64)
+    assert cfg.patch == 8 and CountDiT(cfg).pos_embed.shape[1] == 128

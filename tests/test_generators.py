@@ -102,3 +102,26 @@ def test_encode_cached_with_a_loaded_model(tmp_path, monkeypatch):
     given = generators.encode_cached(ckpt, images, tmp_path / "b.pt", model=model)
     assert given.shape == (5, cfg.num_tokens) and torch.equal(given, cold)
     assert torch.equal(generators.encode_cached(ckpt, images, tmp_path / "b.pt", model=None), cold)  # warm cache
+
+
+def test_class_balanced_labels():
+    assert generators.class_balanced_labels(3, 2).tolist() == [0, 0, 1, 1, 2, 2]
+    with pytest.raises(ValueError, match="at least 1"):
+        generators.class_balanced_labels(3, 0)
+
+
+def test_generate_images_one_per_label_and_seeded(tmp_path):
+    from tokenset.config import TokenizerConfig
+    from tokenset.tokenizer import SetTokenizer
+
+    tokens, labels = toy_tokens()
+    fit = fit_generator("masked_sorted", CFG, FSDD_CFG, TRAIN.replace(steps=2), tokens, labels, tmp_path,
+                        progress=False)
+    tok = SetTokenizer(TokenizerConfig.preset("tiny", num_tokens=M, codebook_size=C)).eval()
+    want = generators.class_balanced_labels(K, 3)
+    a = generators.generate_images("masked_sorted", fit["model"], tok, want, FSDD_CFG, seed=1)
+    b = generators.generate_images("masked_sorted", fit["model"], tok, want, FSDD_CFG, seed=1)
+    assert a.shape == (len(want), 3, tok.cfg.image_size, tok.cfg.image_size) and a.dtype == torch.uint8
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="labels: expected a non-empty 1-D int64 tensor"):
+        generators.generate_images("masked_sorted", fit["model"], tok, want.float(), FSDD_CFG)

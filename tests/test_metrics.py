@@ -176,6 +176,18 @@ def test_frechet_distance_is_torch_fidelitys_fid(n1, n2, dim):
     assert abs(frechet_distance(a, a)) < 1e-9
 
 
+def test_class_accuracy_reads_the_class_of_images(cnn):
+    from tokenset.dataset_extractor import class_accuracy
+
+    x, y = coloured(16, seed=3)
+    net = metrics.load_dataset_extractor(cnn)
+    assert class_accuracy(net, x, y) >= 0.9
+    assert class_accuracy(net, x, 1 - y) <= 0.1  # the wrong labels
+    assert math.isnan(class_accuracy(None, x, y))  # no data-set CNN (Inception runs)
+    with pytest.raises(ValueError, match=r"labels: expected shape \(16,\)"):
+        class_accuracy(net, x, y[:3])
+
+
 def test_dataset_extractor_learns_registers_and_separates(cnn, tmp_path):
     assert FEATURE_EXTRACTORS_REGISTRY[DATASET_EXTRACTOR] is metrics.DatasetFeatureExtractor
     x, y = coloured(16, seed=3)  # held-out images

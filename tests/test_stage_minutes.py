@@ -30,3 +30,18 @@ def test_a_notebook_without_duration_is_named(tmp_path):
         stage_minutes.stage_minutes(tmp_path)
     with pytest.raises(FileNotFoundError, match="no executed notebooks"):
         stage_minutes.stage_minutes(tmp_path / "empty")
+
+
+def test_a_reused_stage_keeps_the_minutes_of_the_run_that_trained(tmp_path):
+    import pandas as pd
+
+    _notebook(tmp_path / "01_a.ipynb", "2026-11-30T14:37:50.0+00:00", 18.0)
+    _notebook(tmp_path / "09_s.ipynb", "2026-11-30T20:00:00.0+00:00", 180.0)  # rerun on finished checkpoints
+    previous = pd.DataFrame(dict(notebook=["09_s"], start=["2026-11-30 18:16:34"], minutes=[26.9]))
+    table = stage_minutes.keep_trained(stage_minutes.stage_minutes(tmp_path), previous, ["09_s"])
+    row = table.set_index("notebook").loc["09_s"]
+    assert row.minutes == 26.9 and row.start == "2026-11-30 18:16:34" and row.rerun_minutes == 3.0
+    with pytest.raises(ValueError, match="--reused 10_x: no executed notebook"):
+        stage_minutes.keep_trained(stage_minutes.stage_minutes(tmp_path), previous, ["10_x"])
+    with pytest.raises(ValueError, match="--reused 01_a: the previous table has no row"):
+        stage_minutes.keep_trained(stage_minutes.stage_minutes(tmp_path), previous, ["01_a"])
