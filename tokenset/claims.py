@@ -220,11 +220,12 @@ def generation_claims(results: Path) -> list[dict[str, str]]:
                if {"fsdd", other} <= set(accuracy.dropna().index) else "")
         rows.append(_row(
             f"6. FSDD beats {other}", f"gFID 5.56 vs {paper[other]}",
-            f"gFID {pair['fsdd'].mean():.1f} vs {pair[other].mean():.1f} ({other} minus FSDD {d['mean']:+.1f}){acc}",
+            f"FID {pair['fsdd'].mean():.1f} vs {pair[other].mean():.1f} ({other} minus FSDD {d['mean']:+.1f}){acc}",
             _interval(d), directional_verdict(d["ci_low"], d["ci_high"], runs=d["n"]),
             f"directional: the 95% t interval over seeds of {other} minus FSDD gFID (paired by seed) above 0; "
             f"fewer than {MIN_RUNS} trained generators each: inconclusive",
-            f"{d['n']} trained generator(s) each, same tokens, width, depth and steps", "gfid_runs"))
+            f"{d['n']} trained generator(s) each, same tokens, width, depth and steps; FID on the features of "
+            "the extractor named in gfid.md", "gfid_runs"))
     return rows
 
 
