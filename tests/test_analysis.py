@@ -10,6 +10,7 @@ from tokenset import analysis
 from tokenset.config import TokenizerConfig
 from tokenset.report import write_json, write_table
 from tokenset.tokenizer import SetTokenizer
+from tests.helpers import randomized
 
 
 def test_reorder_orders():
@@ -39,6 +40,24 @@ def test_permutation_spread_separates_set_from_ordered():
     assert float(spreads[False].max()) < 1e-5  # float rounding only
     # at initialisation the latent positions are small, but they still move the ordered control's decode
     assert float(spreads[True].max()) > 10 * (float(spreads[False].max()) + 1e-7)
+
+
+def test_permutation_effects_give_the_spread_and_the_psnr_each_order_costs():
+    images = torch.randint(0, 256, (5, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    drops = {}
+    for ordered in (False, True):
+        torch.manual_seed(0)
+        model = randomized(SetTokenizer(TokenizerConfig.preset("tiny", ordered=ordered))).eval()
+        tokens = analysis.encode_images(model, images, batch_size=2)
+        effects = analysis.permutation_effects(model, tokens, images, num_perms=3, seed=1, batch_size=2)
+        # the same permutations as permutation_spread with the same seed
+        assert torch.equal(effects["spread"], analysis.permutation_spread(model, tokens, 3, seed=1, batch_size=2))
+        assert effects["psnr_drop"].shape == (5, 3) and effects["psnr_drop"].dtype == torch.float64
+        drops[ordered] = effects["psnr_drop"]
+    assert float(drops[False].abs().max()) < 1e-6  # a set decoder loses nothing
+    assert float(drops[True].abs().max()) > 1e-3  # the ordered control's decode moves with the order
+    with pytest.raises(ValueError, match="images: expected uint8 images, one per token row"):
+        analysis.permutation_effects(model, tokens, images[:2], num_perms=1)
 
 
 def test_encode_images_rejects_float():

@@ -35,8 +35,11 @@ def _tables(root, robust_diff=0.05, seeds=3, set_gain=0.05):
                  + [dict(arm="ordered", order=o, val_psnr=16.6 - 4 * bool(i), changed_pixels=0.8 * bool(i))
                     for i, o in enumerate(orders)]).to_csv(t / "permutation.csv", index=False)
     (root / "permutation").mkdir()
+    random_orders = {arm: dict(images=64, permutations=100, psnr_drop_mean=d, ci_low=d - 0.1, ci_high=d + 0.1)
+                     for arm, d in (("set", 0.0), ("ordered", 4.2))}
     (root / "permutation" / "metrics.json").write_text(json.dumps({"spread": {"set": {"max": 1e-6,
-                                                                                      "permutations": 100}}}))
+                                                                                      "permutations": 100}},
+                                                                   "random_permutations": random_orders}))
     level = {"set": 12.0, "ordered": 11.9, "mean": 11.0, "pma": 12.3}  # set beats mean, loses to pma
     pd.DataFrame([dict(arm=a, seed=s, val_psnr=v + 0.1 * s + 0.02 * ((s + i) % 2), steps=600)
                   for i, (a, v) in enumerate(level.items()) for s in range(seeds)]
@@ -61,6 +64,8 @@ def test_collect_judges_every_claim_from_its_table(tmp_path):
     table = claims.collect(tmp_path).set_index("claim")
     assert list(table.columns) == list(claims.COLUMNS[1:])
     assert table.loc["1. Order does not matter", "verdict"] == REPRODUCED
+    assert "the ordered control 4.20 dB" in table.loc["1. Order does not matter", "ours"]
+    assert "ordered control's loss [4.10, 4.30] dB" in table.loc["1. Order does not matter", "interval"]
     assert table.loc["0. A set reconstructs as well as a sequence", "verdict"] == REPRODUCED  # +0.05 dB, no spread
     assert table.loc["2. Set beats mean", "verdict"] == REPRODUCED  # +1 dB in every seed
     assert table.loc["2. Set beats pma", "verdict"] == NOT_REPRODUCED  # -0.3 dB in every seed

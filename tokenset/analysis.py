@@ -23,7 +23,7 @@ from tokenset.images import to_float, to_uint8
 from tokenset.tokenizer import SetTokenizer
 
 __all__ = ["ORDERS", "reorder", "encode_images", "decode_tokens", "reconstruct", "permutation_spread",
-           "Score", "score_reconstruction", "score_tokenizer", "reference_subset", "one_per_class",
+           "permutation_effects", "Score", "score_reconstruction", "score_tokenizer", "reference_subset", "one_per_class",
            "first_reaching"]
 
 ORDERS = ("original", "reversed", "shuffled", "ascending", "descending")
@@ -87,15 +87,30 @@ def permutation_spread(model: SetTokenizer, tokens: torch.Tensor, num_perms: int
 
     tokens: (N, M) int64 -> (N, num_perms) float32. Float rounding only (~1e-6) for a set tokenizer.
     """
+    return permutation_effects(model, tokens, None, num_perms, seed, batch_size)["spread"]
+
+
+def permutation_effects(model: SetTokenizer, tokens: torch.Tensor, images: torch.Tensor | None, num_perms: int = 100,
+                        seed: int = 0, batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """``permutation_spread`` (key "spread") and, given the uint8 ``images`` the tokens encode ((N, 3, H, W)), the
+    PSNR each image loses when its tokens are decoded in a random order instead of the encoder's (key "psnr_drop",
+    (N, num_perms) float64 dB; > 0: worse). The same permutations (seeded by ``seed``) for both."""
     if num_perms < 1:
         raise ValueError(f"num_perms must be at least 1, got {num_perms}")
+    if images is not None and (images.shape[0] != tokens.shape[0] or images.dtype != torch.uint8):
+        raise ValueError(f"images: expected uint8 images, one per token row ({tokens.shape[0]}), got "
+                         f"{images.dtype} of shape {tuple(images.shape)}")
     g = torch.Generator().manual_seed(seed)
     reference = decode_tokens(model, tokens, batch_size)  # (N, 3, H, W)
     spread = torch.empty(len(tokens), num_perms)
+    drop = torch.empty(len(tokens), num_perms, dtype=torch.float64)
+    base = metrics.psnr(to_uint8(reference), images, reduction="none") if images is not None else None
     for k in range(num_perms):
         permuted = decode_tokens(model, reorder(tokens, "shuffled", g), batch_size)
         spread[:, k] = (permuted - reference).abs().flatten(1).amax(dim=1)
-    return spread
+        if images is not None:
+            drop[:, k] = base - metrics.psnr(to_uint8(permuted), images, reduction="none")
+    return {"spread": spread} | ({"psnr_drop": drop} if images is not None else {})
 
 
 # --------------------------------------------------------------------------------------------- scoring
