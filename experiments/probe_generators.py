@@ -124,7 +124,8 @@ def main() -> None:
             with torch.no_grad():
                 acc = float(cnn(images).argmax(1).eq(labels).float().mean())
             r = metrics.fid_kid(val_x, images, real_split="fashion-val-all", seed=args.seed, **options)
-            row = dict(generator=name, patch=den.patch, top_p=fsdd_cfg.top_p, steps=fit["steps"], train_s=fit["wall_time_s"],
+            row = dict(generator=name, patch=den.patch, top_p=fsdd_cfg.top_p, steps=fit["steps"],
+                       train_s=fit["wall_time_s"],
                        loss=fit["loss"], guidance=guidance, sample_s=round(sample_s, 1), class_accuracy=acc,
                        fid_cnn=r["fid"], precision=r["precision"], recall=r["recall"])
             print(row, flush=True)

@@ -23,8 +23,8 @@ from tokenset.images import to_float, to_uint8
 from tokenset.tokenizer import SetTokenizer
 
 __all__ = ["ORDERS", "reorder", "encode_images", "decode_tokens", "reconstruct", "permutation_spread",
-           "permutation_effects", "Score", "score_reconstruction", "score_tokenizer", "reference_subset", "one_per_class",
-           "first_reaching"]
+           "permutation_effects", "Score", "score_reconstruction", "score_tokenizer", "reference_subset",
+           "one_per_class", "first_reaching"]
 
 ORDERS = ("original", "reversed", "shuffled", "ascending", "descending")
 

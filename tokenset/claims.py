@@ -104,7 +104,8 @@ def order_claim(results: Path) -> list[dict[str, str]]:
         f"pixels change; largest pixel change over {perms} random permutations {pixel:.1e}; ordered control loses "
         f"up to {ordered_drop:.2f} dB{loss}", interval, verdict,
         "reproduced if the set's PSNR range < 0.01 dB and < 0.1% of pixels change, while the ordered control "
-        "loses > 0.5 dB (the test can see order); not reproduced if the range is >= 0.1 dB; else inconclusive", f"{len(s)} orders x all val images; one tokenizer per arm",
+        "loses > 0.5 dB (the test can see order); not reproduced if the range is >= 0.1 dB; else inconclusive",
+        f"{len(s)} orders x all val images; one tokenizer per arm",
         "permutation")]
 
 
@@ -229,7 +230,7 @@ def generation_claims(results: Path) -> list[dict[str, str]]:
             f"6. FSDD beats {other}", f"gFID 5.56 vs {paper[other]}",
             f"FID {pair['fsdd'].mean():.1f} vs {pair[other].mean():.1f} ({other} minus FSDD {d['mean']:+.1f}){acc}",
             _interval(d), directional_verdict(d["ci_low"], d["ci_high"], runs=d["n"]),
-            f"directional: the 95% t interval over seeds of {other} minus FSDD gFID (paired by seed) above 0; "
+            f"directional: the 95% t interval over seeds of {other} minus FSDD FID (paired by seed) above 0; "
             f"fewer than {MIN_RUNS} trained generators each: inconclusive",
             f"{d['n']} trained generator(s) each, same tokens, width, depth and steps; FID on the features of "
             "the extractor named in gfid.md", "gfid_runs"))

@@ -257,9 +257,11 @@ class FSDDConfig(Section):
 class EvalConfig(Section):
     """Evaluation: sample counts, seeds, feature extractor."""
 
-    num_samples: int  # generated images per method and seed (gFID); also caps validation images for rFID
-    seeds: tuple[int, ...]
-    guidance_scales: tuple[float, ...]  # FSDD guidance sweep
+    # images per run of the study stages when study_samples is 0. Claim 6's sample counts, trained seeds and guidance
+    # sweep are GenerationConfig's
+    num_samples: int
+    seeds: tuple[int, ...]  # the sweep's FSDD cell samples with the first
+    guidance_scales: tuple[float, ...]  # unused by the pipeline since GenerationConfig (kept: params files name it)
     extractor: Literal["inception", "dataset"]  # dataset: the small extractor trained on the data (smoke only)
     batch_size: int = 50  # images per feature-extractor batch
     kid_subset_size: int = 1000  # clamped (with a warning) to the smaller sample count
@@ -280,9 +282,8 @@ class EvalConfig(Section):
     OMIT_IF_DEFAULT: ClassVar[tuple[str, ...]] = ("study_samples", "reference_samples", "tokenizer_seeds")
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(num_samples=64, seeds=(0,), guidance_scales=(1.0,), extractor="dataset"),
-        # 96 samples x 2 seeds: stage fid_tables scores ~1.3k images with Inception (~8 images/s on 2 CPU cores;
-        # 128 did not fit `make repro` into 45 minutes). The studies score 64 per run (12 rFIDs, 4 gFIDs):
-        # comparable within a study, not with the FID tables
+        # The studies score 64 images per run with Inception (~8 images/s on 2 CPU cores): comparable within a
+        # study, not with the tokenizer stage's rFID (all 2000 reference images) nor with GenerationConfig's scores
         "small": dict(num_samples=96, seeds=(0, 1), guidance_scales=(1.0, 2.0, 3.0), extractor="inception",
                       study_samples=64, reference_samples=2000, tokenizer_seeds=(0, 1, 2)),
         "paper": dict(num_samples=50_000, seeds=(0,), guidance_scales=(1.0, 2.0, 3.0), extractor="inception"),
