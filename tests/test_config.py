@@ -80,10 +80,11 @@ def test_load_preset_with_override(tmp_path):
 
 def test_enum_and_tuple_coercion(tmp_path):
     path = write(tmp_path, {"fsdd": {"sigma_schedule": "linear"}, "eval": {
-        "num_samples": 10, "seeds": [0, 1], "guidance_scales": [1, 2.5], "extractor": "dataset"}})
+        "num_samples": 10, "seeds": [0, 1], "extractor": "dataset"}, "generation": {
+        "seeds": [0, 1], "samples_per_class": 2, "extractor": "dataset", "guidance_scales": [1, 2.5]}})
     assert load_params(path, "fsdd").sigma_schedule is SigmaSchedule.LINEAR
-    ev = load_params(path, "eval")
-    assert ev.seeds == (0, 1) and ev.guidance_scales == (1.0, 2.5)
+    assert load_params(path, "eval").seeds == (0, 1)
+    assert load_params(path, "generation").guidance_scales == (1.0, 2.5)
 
 
 @pytest.mark.parametrize(

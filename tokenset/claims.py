@@ -80,7 +80,8 @@ def order_claim(results: Path) -> list[dict[str, str]]:
     """Claim 1: decoding does not depend on the tokens' order (the set decoder sees no latent positions)."""
     table = _read_csv(results, "permutation", {"arm", "order", "val_psnr", "changed_pixels"})
     spread_path = results / "permutation" / "metrics.json"
-    spread = json.loads(spread_path.read_text())["spread"] if spread_path.is_file() else {}
+    permutation = json.loads(spread_path.read_text()) if spread_path.is_file() else {}
+    spread = permutation.get("spread", {})
     s, o = table[table.arm == "set"], table[table.arm == "ordered"]
     if s.empty or o.empty:
         raise ValueError(f"{results}/tables/permutation.csv: expected rows of arms 'set' and 'ordered'")
@@ -91,7 +92,7 @@ def order_claim(results: Path) -> list[dict[str, str]]:
     verdict = (REPRODUCED if invariant and ordered_drop > 0.5 else NOT_REPRODUCED if set_range >= 0.1
                else INCONCLUSIVE)
     perms = spread.get("set", {}).get("permutations")
-    random = json.loads(spread_path.read_text()).get("random_permutations", {}) if spread_path.is_file() else {}
+    random = permutation.get("random_permutations", {})
     loss, interval = "", "exact (a property of the decoder: no sampling)"
     if {"set", "ordered"} <= set(random):
         r, o_r = random["set"], random["ordered"]

@@ -85,6 +85,11 @@ def _check(obj: Any, ok: bool, key: str, expected: str) -> None:
         raise _InvalidValue(f"key {key!r} is {getattr(obj, key)!r}; expected {expected}")
 
 
+def _distinct(values: Any) -> bool:
+    """True for a non-empty sequence without repeats (seeds, arms, sheet names, grid values)."""
+    return len(values) >= 1 and len(set(values)) == len(values)
+
+
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     """Check ``value`` against the annotation ``hint``; return it converted (int -> float, str -> Enum, list -> tuple)."""
     origin = typing.get_origin(hint)

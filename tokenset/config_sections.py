@@ -17,7 +17,7 @@ import math
 import re
 from typing import Any, ClassVar, Literal
 
-from tokenset.config_schema import Section, _check
+from tokenset.config_schema import Section, _check, _distinct
 
 __all__ = ["SigmaSchedule", "NoiseKind", "DataConfig", "TokenizerConfig", "TrainConfig", "DenoiserConfig",
            "FSDDConfig", "EvalConfig", "RuntimeConfig"]
@@ -62,8 +62,7 @@ class DataConfig(Section):
     def __post_init__(self) -> None:
         _check(self, self.image_size > 0, "image_size", "a positive integer")
         _check(self, 0.0 <= self.val_fraction < 1.0, "val_fraction", "a number in [0, 1)")
-        _check(self, len(self.crawl_sheets) >= 1 and len(set(self.crawl_sheets)) == len(self.crawl_sheets)
-               and all(s and s.isidentifier() for s in self.crawl_sheets),
+        _check(self, _distinct(self.crawl_sheets) and all(s and s.isidentifier() for s in self.crawl_sheets),
                "crawl_sheets", "a non-empty list of distinct sheet names such as [floor, wall]")
 
 
@@ -261,7 +260,6 @@ class EvalConfig(Section):
     # sweep are GenerationConfig's
     num_samples: int
     seeds: tuple[int, ...]  # the sweep's FSDD cell samples with the first
-    guidance_scales: tuple[float, ...]  # unused by the pipeline since GenerationConfig (kept: params files name it)
     extractor: Literal["inception", "dataset"]  # dataset: the small extractor trained on the data (smoke only)
     batch_size: int = 50  # images per feature-extractor batch
     kid_subset_size: int = 1000  # clamped (with a warning) to the smaller sample count
@@ -281,12 +279,12 @@ class EvalConfig(Section):
 
     OMIT_IF_DEFAULT: ClassVar[tuple[str, ...]] = ("study_samples", "reference_samples", "tokenizer_seeds")
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": dict(num_samples=64, seeds=(0,), guidance_scales=(1.0,), extractor="dataset"),
+        "tiny": dict(num_samples=64, seeds=(0,), extractor="dataset"),
         # The studies score 64 images per run with Inception (~8 images/s on 2 CPU cores): comparable within a
         # study, not with the tokenizer stage's rFID (all 2000 reference images) nor with GenerationConfig's scores
-        "small": dict(num_samples=96, seeds=(0, 1), guidance_scales=(1.0, 2.0, 3.0), extractor="inception",
+        "small": dict(num_samples=96, seeds=(0, 1), extractor="inception",
                       study_samples=64, reference_samples=2000, tokenizer_seeds=(0, 1, 2)),
-        "paper": dict(num_samples=50_000, seeds=(0,), guidance_scales=(1.0, 2.0, 3.0), extractor="inception"),
+        "paper": dict(num_samples=50_000, seeds=(0,), extractor="inception"),
     }
 
     def __post_init__(self) -> None:
@@ -301,8 +299,7 @@ class EvalConfig(Section):
                "0 (num_samples) or at least 2")
         _check(self, self.reference_samples == 0 or self.reference_samples >= 2, "reference_samples",
                "0 (all validation images) or at least 2")
-        _check(self, len(self.tokenizer_seeds) >= 1 and len(set(self.tokenizer_seeds)) == len(self.tokenizer_seeds),
-               "tokenizer_seeds", "a non-empty list of distinct seeds")
+        _check(self, _distinct(self.tokenizer_seeds), "tokenizer_seeds", "a non-empty list of distinct seeds")
 
     @property
     def study_count(self) -> int:
@@ -346,8 +343,7 @@ class GenerationConfig(Section):
     }
 
     def __post_init__(self) -> None:
-        _check(self, len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), "seeds",
-               "at least one seed, no repeats")
+        _check(self, _distinct(self.seeds), "seeds", "a non-empty list of distinct seeds")
         _check(self, self.samples_per_class >= 1, "samples_per_class", "at least 1")
         _check(self, self.extractor_steps >= 1, "extractor_steps", "at least 1")
         _check(self, self.reference_samples == 0 or self.reference_samples >= 2, "reference_samples",

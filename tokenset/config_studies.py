@@ -13,7 +13,7 @@ import dataclasses
 import math
 from typing import Any, ClassVar, Literal
 
-from tokenset.config_schema import Section, _check
+from tokenset.config_schema import Section, _check, _distinct
 from tokenset.config_sections import TokenizerConfig, TrainConfig
 
 __all__ = ["ABLATION_ARMS", "STUDY_LOG_ROWS", "study_train", "study_model", "AblationConfig", "SweepConfig"]
@@ -23,18 +23,20 @@ ABLATION_ARMS = ("set", "ordered", "mean", "pma", "hungarian", "chamfer")
 STUDY_LOG_ROWS = 8  # validation rows that a study run's curve has at least
 
 
-def study_train(train: TrainConfig, steps: int) -> TrainConfig:
+def study_train(train: TrainConfig, steps: int, seed: int | None = None) -> TrainConfig:
     """The optimisation of a study run (an ablation arm, a sweep point): ``train`` at ``steps`` steps, stage 1 only
     (``disc_steps=0``), no wall-clock budget (every run gets exactly ``steps`` steps), a log row (with validation
     PSNR) at least every ``steps // STUDY_LOG_ROWS`` steps, so that short runs still draw a curve, a warm-up of
     at most a quarter of the steps (a short run does not spend most of its budget warming up), and, where ``train``
     bypasses the quantizer at first (``quantizer_warmup`` > 0), a bypass of at least a quarter of the steps: with
     the `small` recipe's 10% a 600-step run of the study model bypassed 60 steps and used 19% of its codes at step
-    225, against 54% at step 200 after the 150-step bypass of its 1500-step probe (docs/experiments.md)."""
+    225, against 54% at step 200 after the 150-step bypass of its 1500-step probe (docs/experiments.md).
+    ``seed`` (when given) replaces ``train.seed``: one independent run of the study."""
     warmup = max(train.quantizer_warmup, 0.25) if train.quantizer_warmup > 0 else 0.0
     return train.replace(steps=steps, disc_steps=0, max_minutes=0.0,
                          log_every=max(1, min(train.log_every, steps // STUDY_LOG_ROWS)),
-                         warmup_steps=min(train.warmup_steps, steps // 4), quantizer_warmup=warmup)
+                         warmup_steps=min(train.warmup_steps, steps // 4), quantizer_warmup=warmup,
+                         seed=train.seed if seed is None else seed)
 
 
 def study_model(tokenizer: TokenizerConfig, width: int = 0, depth: int = 0, heads: int = 0, num_tokens: int = 0,
@@ -49,8 +51,7 @@ def study_model(tokenizer: TokenizerConfig, width: int = 0, depth: int = 0, head
 
 def _check_study(cfg: Section) -> None:
     """The checks of the fields a study shares: seeds and the study model's sizes."""
-    _check(cfg, len(cfg.seeds) >= 1 and len(set(cfg.seeds)) == len(cfg.seeds), "seeds",
-           "a non-empty list of distinct seeds")
+    _check(cfg, _distinct(cfg.seeds), "seeds", "a non-empty list of distinct seeds")
     for key in ("width", "depth", "heads"):
         _check(cfg, getattr(cfg, key) >= 0, key, "0 (the tokenizer section's) or a positive integer")
 
@@ -93,7 +94,7 @@ class AblationConfig(Section):
     }
 
     def __post_init__(self) -> None:
-        _check(self, len(self.arms) >= 1 and len(set(self.arms)) == len(self.arms), "arms",
+        _check(self, _distinct(self.arms), "arms",
                f"a non-empty list of distinct arms from {list(ABLATION_ARMS)}")
         _check(self, self.steps >= 1, "steps", "at least 1")
         _check(self, math.isfinite(self.psnr_threshold) and self.psnr_threshold > 0, "psnr_threshold",
@@ -120,8 +121,7 @@ class AblationConfig(Section):
     def arm_train(self, train: TrainConfig, seed: int | None = None) -> TrainConfig:
         """The shared optimisation of every arm (``study_train``; stage 1 only: the matching loss exists only there),
         with ``train.seed`` replaced by ``seed`` when given."""
-        shared = study_train(train, self.steps)
-        return shared if seed is None else shared.replace(seed=seed)
+        return study_train(train, self.steps, seed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,7 +165,7 @@ class SweepConfig(Section):
     def __post_init__(self) -> None:
         for key in ("num_tokens", "codebook_sizes"):
             values = getattr(self, key)
-            _check(self, len(values) >= 1 and len(set(values)) == len(values) and min(values) >= 1, key,
+            _check(self, _distinct(values) and min(values) >= 1, key,
                    "a non-empty list of distinct positive integers")
         _check(self, self.centre_tokens in self.num_tokens, "centre_tokens",
                f"one of num_tokens {list(self.num_tokens)}")
@@ -197,8 +197,7 @@ class SweepConfig(Section):
     def point_train(self, train: TrainConfig, seed: int | None = None) -> TrainConfig:
         """The shared optimisation of every point (``study_train``, as the ablation's arms), with ``train.seed``
         replaced by ``seed`` when given."""
-        shared = study_train(train, self.steps)
-        return shared if seed is None else shared.replace(seed=seed)
+        return study_train(train, self.steps, seed)
 
     def fsdd_train(self, train_generator: TrainConfig) -> TrainConfig:
         """The FSDD optimisation on each centre-row point: ``train_generator`` at ``fsdd_steps`` steps."""
