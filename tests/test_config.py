@@ -150,7 +150,7 @@ def test_eval_study_samples():
 
 def test_eval_reference_samples_and_tokenizer_seeds():
     small = EvalConfig.preset("small")
-    assert small.reference_samples == 2000 and small.tokenizer_seeds == (0, 1, 2)
+    assert small.reference_samples == 1000 and small.tokenizer_seeds == (0, 1, 2)
     paper = EvalConfig.preset("paper")
     assert "reference_samples" not in paper.to_dict() and paper.tokenizer_seeds == (0,)
     with pytest.raises(ValueError, match="reference_samples"):
@@ -162,14 +162,20 @@ def test_eval_reference_samples_and_tokenizer_seeds():
 
 
 def test_generation_section():
+    from tokenset import generators
     small = GenerationConfig.preset("small")
     assert small.seeds == (0, 1, 2) and small.samples_per_class == 100  # claim 6: 3 trained, 1000 samples each
     assert small.extractor == "dataset" and small.reference_samples == 0  # all validation images
     scoring = small.scoring(EvalConfig.preset("small"))
     assert scoring.extractor == "dataset" and scoring.dataset_extractor_steps == small.extractor_steps
     assert scoring.reference_samples == EvalConfig.preset("small").reference_samples  # the rest unchanged
+    assert small.generators == ("fsdd", "masked_sorted", "ar_sorted")  # claim 6's three; masked_ordered optional
+    assert GenerationConfig.preset("tiny").generators == tuple(generators.GENERATORS)  # the smoke run trains all
+    assert GenerationConfig.preset("small", generators=["fsdd", "masked_ordered"]).generators == ("fsdd",
+                                                                                                  "masked_ordered")
     for key, value in (("seeds", (1, 1)), ("seeds", ()), ("samples_per_class", 0), ("guidance_scales", (-1.0,)),
-                       ("reference_samples", 1), ("grid_per_class", 0)):
+                       ("reference_samples", 1), ("grid_per_class", 0), ("generators", ("masked_sorted",)),
+                       ("generators", ("fsdd", "fsdd")), ("generators", ("fsdd", "gan"))):
         with pytest.raises(ValueError, match=f"'{key}'"):
             GenerationConfig.preset("small", **{key: value})
 

@@ -344,8 +344,11 @@ def test_ablation_arm_configs_differ_only_in_the_switch():
         AblationConfig.arm_tokenizer(tok, "sinkhorn")
     small = AblationConfig.preset("small")  # the study model: narrower sizes, then the arm's switch
     study = small.tokenizer(TokenizerConfig.preset("small"), "hungarian")
-    assert (study.width, study.decoder_width, study.depth, study.num_tokens, study.codebook_size,
-            study.decoder_input) == (64, 64, 2, 32, 512, "hungarian") and len(small.seeds) >= 3
+    assert (study.width, study.decoder_width, study.depth, study.num_tokens, study.codebook_size, study.head_channels,
+            study.decoder_input) == (64, 64, 2, 32, 512, 16, "hungarian") and len(small.seeds) >= 3
+    assert TokenizerConfig.preset("small").head_channels == 32  # the headline tokenizer keeps its head
+    with pytest.raises(ValueError, match="head_channels"):
+        AblationConfig.preset("small", head_channels=-1)
     assert abl.tokenizer(tok, "pma") == cfgs["pma"]  # tiny: no study sizes, the tokenizer section itself
     assert abl.arm_train(train, 5).seed == 5
     shared = abl.arm_train(train)

@@ -40,26 +40,29 @@ def study_train(train: TrainConfig, steps: int, seed: int | None = None) -> Trai
 
 
 def study_model(tokenizer: TokenizerConfig, width: int = 0, depth: int = 0, heads: int = 0, num_tokens: int = 0,
-                codebook_size: int = 0) -> TokenizerConfig:
-    """The model of a study: ``tokenizer`` with the encoder's and decoder's width, depth and heads, and M and C,
-    replaced where the value is not 0 (0 keeps the section's). A study may use a narrower model than the headline
-    tokenizer so that every arm gets its seeds within the pipeline's budget; its tables say which."""
+                codebook_size: int = 0, head_channels: int = 0) -> TokenizerConfig:
+    """The model of a study: ``tokenizer`` with the encoder's and decoder's width, depth and heads, M and C, and the
+    pixel head's channels replaced where the value is not 0 (0 keeps the section's). A study may use a narrower model
+    than the headline tokenizer so that every arm gets its seeds within the pipeline's budget; its tables say which."""
     sizes = dict(width=width, decoder_width=width, depth=depth, decoder_depth=depth, heads=heads,
-                 decoder_heads=heads, num_tokens=num_tokens, codebook_size=codebook_size)
+                 decoder_heads=heads, num_tokens=num_tokens, codebook_size=codebook_size, head_channels=head_channels)
     return tokenizer.replace(**{k: v for k, v in sizes.items() if v})
 
 
 def _check_study(cfg: Section) -> None:
     """The checks of the fields a study shares: seeds and the study model's sizes."""
     _check(cfg, _distinct(cfg.seeds), "seeds", "a non-empty list of distinct seeds")
-    for key in ("width", "depth", "heads"):
+    for key in ("width", "depth", "heads", "head_channels"):
         _check(cfg, getattr(cfg, key) >= 0, key, "0 (the tokenizer section's) or a positive integer")
 
 
 # the study model of the `small` studies: 64 wide, 2 + 2 blocks of 2 heads, 32 tokens of 512 codes
 # (results/probes/tune_tokenizer/study_w64_d2_m32_c512_1500.json: 18.05 dB on the 10k test images after 1500 steps;
-# its log: +0.08 dB over the last 300)
-_SMALL_STUDY_MODEL = dict(width=64, depth=2, heads=2)
+# its log: +0.08 dB over the last 300), and a conv pixel head of 16 channels: the head of 32 took half of the study
+# model's training step; 16 trains 600 steps in 44 s instead of 76 with the same val PSNR (seed 0: 15.41 dB against
+# 15.40; seed 1: 15.15 against 14.24; results/probes/tune_tokenizer/study_head16_600_seed{0,1}.json beside the
+# ablation's `set` runs of session 9, docs/experiments.md)
+_SMALL_STUDY_MODEL = dict(width=64, depth=2, heads=2, head_channels=16)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,12 +85,14 @@ class AblationConfig(Section):
     heads: int = 0
     num_tokens: int = 0
     codebook_size: int = 0
+    head_channels: int = 0  # channels of the conv pixel head (0 keeps the tokenizer section's)
 
-    OMIT_IF_DEFAULT: ClassVar[tuple[str, ...]] = ("seeds", "width", "depth", "heads", "num_tokens", "codebook_size")
+    OMIT_IF_DEFAULT: ClassVar[tuple[str, ...]] = ("seeds", "width", "depth", "heads", "num_tokens", "codebook_size",
+                                                  "head_channels")
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(arms=ABLATION_ARMS, steps=15, psnr_threshold=10.0, probe_images=16, seeds=(0, 1)),
         # 6 arms x 3 seeds of the study model at 600 steps (its cosine schedule decays to the end; the headline
-        # tokenizer's 1250 steps x 18 runs would take ~100 minutes). 14 dB: the study model's val PSNR near step 300
+        # tokenizer's 750 steps x 18 runs would take ~60 minutes). 14 dB: the study model's val PSNR near step 300
         # of its probe (results/probes/tune_tokenizer/study_w64_d2_m32_c512_1500.json)
         "small": dict(arms=ABLATION_ARMS, steps=600, psnr_threshold=14.0, probe_images=64, seeds=(0, 1, 2),
                       num_tokens=32, codebook_size=512, **_SMALL_STUDY_MODEL),
@@ -107,7 +112,7 @@ class AblationConfig(Section):
     def tokenizer(self, tokenizer: TokenizerConfig, arm: str) -> TokenizerConfig:
         """The tokenizer of ``arm`` in this study: the study model, then ``arm_tokenizer``."""
         return self.arm_tokenizer(study_model(tokenizer, self.width, self.depth, self.heads, self.num_tokens,
-                                              self.codebook_size), arm)
+                                              self.codebook_size, self.head_channels), arm)
 
     @staticmethod
     def arm_tokenizer(tokenizer: TokenizerConfig, arm: str) -> TokenizerConfig:
@@ -148,8 +153,9 @@ class SweepConfig(Section):
     width: int = 0  # the study model (study_model): 0 keeps the tokenizer section's value
     depth: int = 0
     heads: int = 0
+    head_channels: int = 0  # channels of the conv pixel head (0 keeps the tokenizer section's)
 
-    OMIT_IF_DEFAULT: ClassVar[tuple[str, ...]] = ("seeds", "width", "depth", "heads")
+    OMIT_IF_DEFAULT: ClassVar[tuple[str, ...]] = ("seeds", "width", "depth", "heads", "head_channels")
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(num_tokens=(4, 8), codebook_sizes=(16, 32), centre_tokens=8, centre_codebook=32, grid="cross",
                      steps=10, fsdd_steps=5, seeds=(0, 1)),
@@ -192,7 +198,8 @@ class SweepConfig(Section):
 
     def point_tokenizer(self, tokenizer: TokenizerConfig, num_tokens: int, codebook_size: int) -> TokenizerConfig:
         """The tokenizer of one grid point: the study model with M and C replaced, nothing else."""
-        return study_model(tokenizer, self.width, self.depth, self.heads, num_tokens, codebook_size)
+        return study_model(tokenizer, self.width, self.depth, self.heads, num_tokens, codebook_size,
+                           self.head_channels)
 
     def point_train(self, train: TrainConfig, seed: int | None = None) -> TrainConfig:
         """The shared optimisation of every point (``study_train``, as the ablation's arms), with ``train.seed``
