@@ -168,10 +168,11 @@ class TrainConfig(Section):
         "tiny": dict(steps=20, batch_size=16, lr=1e-3, warmup_steps=2, log_every=5, ckpt_every=10),
         # Fashion-MNIST (#15): 750 steps at lr 2e-3 (~3.4 minutes of training on 2 cores), the quantizer bypassed
         # for the first 150 (a bypass of 75 let seed 1 collapse to 2% of the codes at step 200 and 12 dB, never to
-        # recover: docs/experiments.md, session 10), no stage 2. 1250 steps (~5.5 minutes) reached 19.15 dB val PSNR on the 10k test images
-        # (EMA), usage 99% (results/probes/tune_tokenizer/m64c1024_1250_lr0.002.json; at lr 1e-3 18.31 dB,
-        # m64c1024_1250_lr0.001.json; 900 steps at 17.10, m64c1024_qw_900.json); 750 keeps `make repro`'s 6 runs
-        # within its budget (#16; results/bench/stage_minutes.md). No plateau yet.
+        # recover: docs/experiments.md, session 10), no stage 2: 17.63 +- 0.21 dB on the 10k test images (EMA,
+        # results/tables/tokenizer.md). 1250 steps (~5.5 minutes) reached 19.15 dB, usage 99%
+        # (results/probes/tune_tokenizer/m64c1024_1250_lr0.002.json; at lr 1e-3 18.31 dB, m64c1024_1250_lr0.001.json;
+        # 900 steps at 17.10, m64c1024_qw_900.json); 750 keeps `make repro`'s 6 runs within its budget (#16;
+        # results/bench/stage_minutes.md). No plateau yet.
         "small": dict(steps=750, batch_size=32, lr=2e-3, warmup_steps=100, log_every=100, ckpt_every=300,
                       max_minutes=0.0, ema_decay=0.995, disc_steps=0, disc_weight=0.0, quantizer_warmup=0.2,
                       val_limit=500),
@@ -320,12 +321,12 @@ class GenerationConfig(Section):
     """Claim 6 (stages generators and fid_tables): how many generators are trained and how they are scored.
 
     Every generator of ``generators`` (names of ``tokenset.generators.GENERATORS``) is trained once per seed of
-    ``seeds`` (independent runs: initialisation and batches); the first seed's models also draw the sample grid, FSDD's loss across t and the
-    guidance sweep. Each trained generator draws ``samples_per_class`` images of every class (class-balanced), scored
-    against ``reference_samples`` validation images (0: all) by ``extractor``, beside the real-vs-real floor at the
-    same counts. ``extractor: dataset`` is a CNN trained on the training images for ``extractor_steps`` steps
-    (``tokenset.dataset_extractor``); it also classifies the samples (class accuracy). Its numbers are not
-    Inception numbers, and no table mixes the two.
+    ``seeds`` (independent runs: initialisation and batches); the first seed's models also draw the sample grid,
+    FSDD's loss across t and the guidance sweep. Each trained generator draws ``samples_per_class`` images of every
+    class (class-balanced), scored against ``reference_samples`` validation images (0: all) by ``extractor``, beside
+    the real-vs-real floor at the same counts. ``extractor: dataset`` is a CNN trained on the training images for
+    ``extractor_steps`` steps (``tokenset.dataset_extractor``); it also classifies the samples (class accuracy). Its
+    numbers are not Inception numbers, and no table mixes the two.
     """
 
     seeds: tuple[int, ...]
