@@ -3,6 +3,7 @@ against the measured fp32 rate of a 2048 x 2048 matmul.
 
     python benchmarks/bench_tokenizer.py [--presets tiny small paper] [--threads N] [--repeats 5] [--json out.json]
     python benchmarks/bench_tokenizer.py --presets small small:patch_size=4   # a preset with fields overridden
+    python benchmarks/bench_tokenizer.py --presets small small:head_channels=16 --profile   # + share in convolutions
 
 FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions, attention; one
 multiply-add = 2 FLOPs); the training step is forward + backward + AdamW at the preset's batch size. ``paper`` is
@@ -66,7 +67,19 @@ def parse_spec(spec: str) -> tuple[str, dict]:
     return name, overrides
 
 
-def bench_preset(spec: str, repeats: int, peak: float) -> list[dict]:
+def conv_share(fn: Callable[[], object], calls: int = 3) -> float:
+    """Share of ``fn``'s self CPU time (torch.profiler, ``calls`` calls) spent in convolution ops (forward and
+    backward): what a narrower conv pixel head can save."""
+    fn()
+    with torch.profiler.profile() as prof:
+        for _ in range(calls):
+            fn()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    return sum(e.self_cpu_time_total for e in events if "conv" in e.key) / max(total, 1e-9)
+
+
+def bench_preset(spec: str, repeats: int, peak: float, profile: bool = False) -> list[dict]:
     torch.manual_seed(0)
     name, overrides = parse_spec(spec)
     cfg = TokenizerConfig.preset(name, **overrides)
@@ -104,6 +117,8 @@ def bench_preset(spec: str, repeats: int, peak: float) -> list[dict]:
     flops = count_flops(step)
     t = best_time(step, repeats)
     rows.append(_row(spec, "train step", params, batch, t, flops, peak))
+    if profile:
+        rows[-1]["conv_share"] = conv_share(step)
     return rows
 
 
@@ -113,6 +128,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", default="", help="also write the rows to this JSON file")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile the training step: the share of its time in convolutions")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -121,12 +138,14 @@ def main() -> None:
           f"fp32 2048x2048 matmul: {peak:.1f} GFLOP/s")
     rows = []
     for name in args.presets:
-        rows += bench_preset(name, args.repeats, peak)
-    print("| preset | what | params (M) | batch | ms | images/s | GFLOP | GFLOP/s | % of matmul |")
-    print("|---|---|---|---|---|---|---|---|---|")
+        rows += bench_preset(name, args.repeats, peak, args.profile)
+    print("| preset | what | params (M) | batch | ms | images/s | GFLOP | GFLOP/s | % of matmul | % in convolutions |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        conv = f"{100 * r['conv_share']:.0f}%" if "conv_share" in r else ""
         print(f"| {r['preset']} | {r['what']} | {r['params_M']:.2f} | {r['batch']} | {1000 * r['seconds']:.1f} | "
-              f"{r['images_per_s']:.1f} | {r['gflop']:.2f} | {r['gflops_per_s']:.1f} | {r['pct_of_matmul']:.0f}% |")
+              f"{r['images_per_s']:.1f} | {r['gflop']:.2f} | {r['gflops_per_s']:.1f} | {r['pct_of_matmul']:.0f}% | "
+              f"{conv} |")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"matmul_gflops": peak, "threads": torch.get_num_threads(), "rows": rows}, fh, indent=1)

@@ -15,7 +15,7 @@ import dataclasses
 import enum
 import math
 import re
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 from tokenset.config_schema import Section, _check, _distinct
 
@@ -313,7 +313,8 @@ class EvalConfig(Section):
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
-GENERATOR_NAMES = ("fsdd", "masked_sorted", "masked_ordered", "ar_sorted")  # tokenset.generators.GENERATORS
+GeneratorName = Literal["fsdd", "masked_sorted", "masked_ordered", "ar_sorted"]  # tokenset.generators.GENERATORS
+GENERATOR_NAMES: tuple[str, ...] = get_args(GeneratorName)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,7 +334,7 @@ class GenerationConfig(Section):
     samples_per_class: int
     extractor: Literal["inception", "dataset"]
     # the generators trained and scored (the keys of tokenset.generators.GENERATORS; FSDD always)
-    generators: tuple[Literal["fsdd", "masked_sorted", "masked_ordered", "ar_sorted"], ...] = GENERATOR_NAMES
+    generators: tuple[GeneratorName, ...] = GENERATOR_NAMES
     extractor_steps: int = 3000
     reference_samples: int = 0
     guidance_scales: tuple[float, ...] = (1.0,)  # the sweep of FSDD and masked_sorted (first seed)

@@ -58,10 +58,11 @@ def _check_study(cfg: Section) -> None:
 
 # the study model of the `small` studies: 64 wide, 2 + 2 blocks of 2 heads, 32 tokens of 512 codes
 # (results/probes/tune_tokenizer/study_w64_d2_m32_c512_1500.json: 18.05 dB on the 10k test images after 1500 steps;
-# its log: +0.08 dB over the last 300), and a conv pixel head of 16 channels: the head of 32 took half of the study
-# model's training step; 16 trains 600 steps in 44 s instead of 76 with the same val PSNR (seed 0: 15.41 dB against
-# 15.40; seed 1: 15.15 against 14.24; results/probes/tune_tokenizer/study_head16_600_seed{0,1}.json beside the
-# ablation's `set` runs of session 9, docs/experiments.md)
+# its log: +0.08 dB over the last 300), and a conv pixel head of 16 channels: with 32, convolutions took 48% of the
+# study model's training step (results/bench/tokenizer_profile.md); 16 trains 600 steps in 44 s instead of 76 with
+# the same val PSNR (seed 0: 15.41 dB against 15.40; seed 1: 15.15 against 14.24;
+# results/probes/tune_tokenizer/study_head16_600_seed{0,1}.json beside the ablation's `set` runs of session 9,
+# docs/experiments.md)
 _SMALL_STUDY_MODEL = dict(width=64, depth=2, heads=2, head_channels=16)
 
 
