@@ -342,11 +342,16 @@ def test_ablation_arm_configs_differ_only_in_the_switch():
         assert cfg.replace(ordered=False, decoder_input="set") == tok
     with pytest.raises(ValueError, match="arm: expected one of"):
         AblationConfig.arm_tokenizer(tok, "sinkhorn")
-    small = AblationConfig.preset("small")  # the study model: narrower sizes, then the arm's switch
+    small = AblationConfig.preset("small")  # the study model, then the arm's switch
     study = small.tokenizer(TokenizerConfig.preset("small"), "hungarian")
     assert (study.width, study.decoder_width, study.depth, study.num_tokens, study.codebook_size, study.head_channels,
             study.decoder_input) == (64, 64, 2, 32, 512, 16, "hungarian") and len(small.seeds) >= 3
-    assert TokenizerConfig.preset("small").head_channels == 32  # the headline tokenizer keeps its head
+    # at `small` the headline tokenizer is the study model: stage tokenizer's set / ordered runs (the same model,
+    # optimisation and seed) are the ablation's, reused by notebook 06
+    headline, recipe = TokenizerConfig.preset("small"), TrainConfig.preset("small")
+    assert small.tokenizer(headline, "set") == headline.replace(ordered=False)
+    assert small.tokenizer(headline, "ordered") == headline.replace(ordered=True)
+    assert all(small.arm_train(recipe, s) == recipe.replace(seed=s) for s in small.seeds)
     with pytest.raises(ValueError, match="head_channels"):
         AblationConfig.preset("small", head_channels=-1)
     assert abl.tokenizer(tok, "pma") == cfgs["pma"]  # tiny: no study sizes, the tokenizer section itself

@@ -135,6 +135,9 @@ def test_study_runs_log_at_least_eight_rows():
     assert study_train(small, 5).log_every == 1
     assert study_train(small, 150).warmup_steps == 37 and study_train(small, 2000).warmup_steps == 100
     assert study_train(small.replace(workers=2), 150).workers == 2  # the studies run their jobs as `train` says
-    assert small.quantizer_warmup == 0.2 and study_train(small, 600).quantizer_warmup == 0.25  # >= a quarter
+    # a bypass of at least STUDY_MIN_BYPASS (150) steps, at most half of a short run, never less than train's own
+    assert small.quantizer_warmup == 0.1 and study_train(small, 600).quantizer_warmup == 0.25
+    assert study_train(small, 200).quantizer_warmup == 0.5 and study_train(small, 3000).quantizer_warmup == 0.1
+    assert study_train(small, small.steps) == small  # at the recipe's own steps: the headline runs are the studies'
     assert study_train(small.replace(quantizer_warmup=0.5), 600).quantizer_warmup == 0.5
     assert study_train(TrainConfig.preset("tiny"), 15).quantizer_warmup == 0.0  # no bypass stays no bypass

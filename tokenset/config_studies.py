@@ -16,11 +16,12 @@ from typing import Any, ClassVar, Literal
 from tokenset.config_schema import Section, _check, _distinct
 from tokenset.config_sections import TokenizerConfig, TrainConfig
 
-__all__ = ["ABLATION_ARMS", "STUDY_LOG_ROWS", "study_train", "study_model", "AblationConfig", "SweepConfig"]
+__all__ = ["ABLATION_ARMS", "STUDY_LOG_ROWS", "STUDY_MIN_BYPASS", "study_train", "study_model", "AblationConfig", "SweepConfig"]
 
 
 ABLATION_ARMS = ("set", "ordered", "mean", "pma", "hungarian", "chamfer")
 STUDY_LOG_ROWS = 8  # validation rows that a study run's curve has at least
+STUDY_MIN_BYPASS = 150  # steps of quantizer bypass that a study run keeps at least (where its `train` bypasses)
 
 
 def study_train(train: TrainConfig, steps: int, seed: int | None = None) -> TrainConfig:
@@ -28,11 +29,13 @@ def study_train(train: TrainConfig, steps: int, seed: int | None = None) -> Trai
     (``disc_steps=0``), no wall-clock budget (every run gets exactly ``steps`` steps), a log row (with validation
     PSNR) at least every ``steps // STUDY_LOG_ROWS`` steps, so that short runs still draw a curve, a warm-up of
     at most a quarter of the steps (a short run does not spend most of its budget warming up), and, where ``train``
-    bypasses the quantizer at first (``quantizer_warmup`` > 0), a bypass of at least a quarter of the steps: with
-    the `small` recipe's 10% a 600-step run of the study model bypassed 60 steps and used 19% of its codes at step
-    225, against 54% at step 200 after the 150-step bypass of its 1500-step probe (docs/experiments.md).
+    bypasses the quantizer at first (``quantizer_warmup`` > 0), a bypass of at least ``STUDY_MIN_BYPASS`` steps (at
+    most half of a short run): a 600-step run of the study model that bypassed 60 used 19% of its codes at step
+    225, against 54% at step 200 after the 150-step bypass of its 1500-step probe, and a 75-step bypass let a 750-step run of the 128-wide model
+    collapse (docs/experiments.md, sessions 9 and 10). At the `small` recipe's own steps the result is ``train``
+    itself, so the headline tokenizer's runs are the studies' runs (reused, not trained twice).
     ``seed`` (when given) replaces ``train.seed``: one independent run of the study."""
-    warmup = max(train.quantizer_warmup, 0.25) if train.quantizer_warmup > 0 else 0.0
+    warmup = max(train.quantizer_warmup, min(STUDY_MIN_BYPASS / steps, 0.5)) if train.quantizer_warmup > 0 else 0.0
     return train.replace(steps=steps, disc_steps=0, max_minutes=0.0,
                          log_every=max(1, min(train.log_every, steps // STUDY_LOG_ROWS)),
                          warmup_steps=min(train.warmup_steps, steps // 4), quantizer_warmup=warmup,
@@ -56,13 +59,10 @@ def _check_study(cfg: Section) -> None:
         _check(cfg, getattr(cfg, key) >= 0, key, "0 (the tokenizer section's) or a positive integer")
 
 
-# the study model of the `small` studies: 64 wide, 2 + 2 blocks of 2 heads, 32 tokens of 512 codes
-# (results/probes/tune_tokenizer/study_w64_d2_m32_c512_1500.json: 18.05 dB on the 10k test images after 1500 steps;
-# its log: +0.08 dB over the last 300), and a conv pixel head of 16 channels: with 32, convolutions took 48% of the
-# study model's training step (results/bench/tokenizer_profile.md); 16 trains 600 steps in 44 s instead of 76 with
-# the same val PSNR (seed 0: 15.41 dB against 15.40; seed 1: 15.15 against 14.24;
-# results/probes/tune_tokenizer/study_head16_600_seed{0,1}.json beside the ablation's `set` runs of session 9,
-# docs/experiments.md)
+# the study model of the `small` studies: the `small` tokenizer (64 wide, 2 + 2 blocks of 2 heads, 32 tokens of 512
+# codes, a conv pixel head of 16 channels; see TokenizerConfig's preset), written out so that a tokenizer section of
+# other sizes still gets it. Since #16 the headline tokenizer is this model: its runs are the studies' set / ordered
+# runs and the sweep's centre (reused, not trained again)
 _SMALL_STUDY_MODEL = dict(width=64, depth=2, heads=2, head_channels=16)
 
 
@@ -92,10 +92,10 @@ class AblationConfig(Section):
                                                   "head_channels")
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(arms=ABLATION_ARMS, steps=15, psnr_threshold=10.0, probe_images=16, seeds=(0, 1)),
-        # 6 arms x 3 seeds of the study model at 600 steps (its cosine schedule decays to the end; the headline
-        # tokenizer's 750 steps x 18 runs would take ~60 minutes). 14 dB: the study model's val PSNR near step 300
-        # of its probe (results/probes/tune_tokenizer/study_w64_d2_m32_c512_1500.json)
-        "small": dict(arms=ABLATION_ARMS, steps=600, psnr_threshold=14.0, probe_images=64, seeds=(0, 1, 2),
+        # 6 arms x 3 seeds of the study model at 1500 steps, past its plateau (+0.08 dB over the last 300 steps of its
+        # probe, results/probes/tune_tokenizer/study_w64_d2_m32_c512_1500.json); set and ordered are the tokenizer
+        # stage's runs, reused. 14 dB: the study model's val PSNR near step 300 of that probe
+        "small": dict(arms=ABLATION_ARMS, steps=1500, psnr_threshold=14.0, probe_images=64, seeds=(0, 1, 2),
                       num_tokens=32, codebook_size=512, **_SMALL_STUDY_MODEL),
     }
 
@@ -160,12 +160,12 @@ class SweepConfig(Section):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(num_tokens=(4, 8), codebook_sizes=(16, 32), centre_tokens=8, centre_codebook=32, grid="cross",
                      steps=10, fsdd_steps=5, seeds=(0, 1)),
-        # cross = 5 points x 3 seeds of the ablation's study model at its budget (600 steps), around its M = 32,
+        # cross = 5 points x 3 seeds of the ablation's study model at its budget (1500 steps), around its M = 32,
         # C = 512: the centre point of each seed is the ablation's `set` arm, whose run is reused. FSDD on the centre
         # row: 20 steps each (the generators get 300), as its cost grows with C (results/bench/denoiser.md), scored on
         # eval.study_samples
         "small": dict(num_tokens=(16, 32, 64), codebook_sizes=(256, 512, 1024), centre_tokens=32,
-                      centre_codebook=512, grid="cross", steps=600, fsdd_steps=20, seeds=(0, 1, 2),
+                      centre_codebook=512, grid="cross", steps=1500, fsdd_steps=20, seeds=(0, 1, 2),
                       **_SMALL_STUDY_MODEL),
     }
 
