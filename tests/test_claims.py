@@ -74,7 +74,9 @@ def test_collect_judges_every_claim_from_its_table(tmp_path):
     assert table.loc["3. More tokens survive noise at 20 dB", "verdict"] == REPRODUCED
     assert table.loc["4. Capacity follows complexity", "verdict"] == NOT_REPRODUCED  # interval below 0
     assert "1 of 1 classes" in table.loc["4. Capacity follows complexity", "ours"]
-    assert table.loc["5. More tokens / codes reconstruct better", "verdict"] == REPRODUCED  # rho +1 in every seed
+    assert table.loc["5. More codes reconstruct better", "verdict"] == REPRODUCED  # +0.375 dB a doubling, every seed
+    assert table.loc["5. More tokens reconstruct better", "verdict"] == REPRODUCED  # +1.5 dB a doubling
+    assert "+0.38 dB per doubling of C" in table.loc["5. More codes reconstruct better", "ours"]
     assert table.loc["6. FSDD beats ar_sorted", "verdict"] == INCONCLUSIVE  # two trained generators each
     assert "ar_sorted minus FSDD +10.0" in table.loc["6. FSDD beats ar_sorted", "ours"]
     assert "2 trained generator(s) each" in table.loc["6. FSDD beats ar_sorted", "evidence"]
@@ -132,3 +134,26 @@ def test_a_missing_generator_is_named(tmp_path):
     runs[runs.generator != "ar_sorted"].to_csv(tmp_path / "tables" / "gfid_runs.csv", index=False)
     with pytest.raises(ValueError, match=r"no rows of generator\(s\) \['ar_sorted'\]"):
         claims.collect(tmp_path)
+
+
+def test_sweep_verdict_is_the_slope_per_doubling_within_rows(tmp_path):
+    # a cross around (32, 512): PSNR rises with C at M = 32 and falls with M at C = 512, with noise between seeds
+    cross = [(32, 256), (32, 512), (32, 1024), (16, 512), (64, 512)]
+
+    def write(seeds, tokens_gain):
+        t = tmp_path / f"s{seeds}_{tokens_gain}" / "tables"
+        t.mkdir(parents=True)
+        pd.DataFrame([dict(M=m, C=c, seed=s, val_psnr=17 + 0.2 * math.log2(c / 512)
+                           + tokens_gain * math.log2(m / 32) + 0.05 * ((s * 7 + m + c) % 3), steps=1500)
+                      for m, c in cross for s in range(seeds)]).to_csv(t / "sweep_runs.csv", index=False)
+        return {r["claim"]: r for r in claims.sweep_claim(t.parent)}
+
+    rows = write(3, -0.3)
+    codes, tokens = rows["5. More codes reconstruct better"], rows["5. More tokens reconstruct better"]
+    assert codes["verdict"] == REPRODUCED and tokens["verdict"] == NOT_REPRODUCED
+    assert "Spearman rho with C at M = 32" in codes["ours"] and "Spearman rho with M at C = 512" in tokens["ours"]
+    assert write(2, 0.3)["5. More tokens reconstruct better"]["verdict"] == INCONCLUSIVE  # two seeds
+    # the slope: dB per doubling, one intercept per row, so a row's offset does not leak into it
+    grid = pd.DataFrame(dict(M=[16, 16, 64, 64], C=[256, 1024, 256, 1024], val_psnr=[10.0, 11.0, 20.0, 21.0]))
+    assert claims.within_slope(grid, "C", "M") == pytest.approx(0.5)  # +1 dB over two doublings in both rows
+    assert math.isnan(claims.within_slope(grid.iloc[[0, 2]], "C", "M"))  # no row varies C
