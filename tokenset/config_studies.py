@@ -16,7 +16,8 @@ from typing import Any, ClassVar, Literal
 from tokenset.config_schema import Section, _check, _distinct
 from tokenset.config_sections import TokenizerConfig, TrainConfig
 
-__all__ = ["ABLATION_ARMS", "STUDY_LOG_ROWS", "STUDY_MIN_BYPASS", "study_train", "study_model", "AblationConfig", "SweepConfig"]
+__all__ = ["ABLATION_ARMS", "STUDY_LOG_ROWS", "STUDY_MIN_BYPASS", "study_train", "study_model", "AblationConfig",
+           "SweepConfig"]
 
 
 ABLATION_ARMS = ("set", "ordered", "mean", "pma", "hungarian", "chamfer")
@@ -31,9 +32,10 @@ def study_train(train: TrainConfig, steps: int, seed: int | None = None) -> Trai
     at most a quarter of the steps (a short run does not spend most of its budget warming up), and, where ``train``
     bypasses the quantizer at first (``quantizer_warmup`` > 0), a bypass of at least ``STUDY_MIN_BYPASS`` steps (at
     most half of a short run): a 600-step run of the study model that bypassed 60 used 19% of its codes at step
-    225, against 54% at step 200 after the 150-step bypass of its 1500-step probe, and a 75-step bypass let a 750-step run of the 128-wide model
-    collapse (docs/experiments.md, sessions 9 and 10). At the `small` recipe's own steps the result is ``train``
-    itself, so the headline tokenizer's runs are the studies' runs (reused, not trained twice).
+    225, against 54% at step 200 after the 150-step bypass of its 1500-step probe, and a 75-step bypass let a
+    750-step run of the 128-wide model collapse (docs/experiments.md, sessions 9 and 10). At the `small` recipe's
+    own steps the result is ``train`` itself, so the headline tokenizer's runs are the studies' runs (reused, not
+    trained twice).
     ``seed`` (when given) replaces ``train.seed``: one independent run of the study."""
     warmup = max(train.quantizer_warmup, min(STUDY_MIN_BYPASS / steps, 0.5)) if train.quantizer_warmup > 0 else 0.0
     return train.replace(steps=steps, disc_steps=0, max_minutes=0.0,
@@ -45,8 +47,8 @@ def study_train(train: TrainConfig, steps: int, seed: int | None = None) -> Trai
 def study_model(tokenizer: TokenizerConfig, width: int = 0, depth: int = 0, heads: int = 0, num_tokens: int = 0,
                 codebook_size: int = 0, head_channels: int = 0) -> TokenizerConfig:
     """The model of a study: ``tokenizer`` with the encoder's and decoder's width, depth and heads, M and C, and the
-    pixel head's channels replaced where the value is not 0 (0 keeps the section's). A study may use a narrower model
-    than the headline tokenizer so that every arm gets its seeds within the pipeline's budget; its tables say which."""
+    pixel head's channels replaced where the value is not 0 (0 keeps the section's). A study may use another model
+    than the headline tokenizer (at `small` it is the same one); its tables say which."""
     sizes = dict(width=width, decoder_width=width, depth=depth, decoder_depth=depth, heads=heads,
                  decoder_heads=heads, num_tokens=num_tokens, codebook_size=codebook_size, head_channels=head_channels)
     return tokenizer.replace(**{k: v for k, v in sizes.items() if v})
