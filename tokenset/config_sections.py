@@ -103,8 +103,8 @@ class TokenizerConfig(Section):
         ),
         # Fashion-MNIST (#15, #16): 32 tokens of 512 codes (288 bits; an 8 x 8 grey thumbnail is 512), 64 wide, 2 + 2
         # blocks of 2 heads, a conv pixel head of 16 channels. One model for every stage: the headline tokenizer's
-        # runs are also the ablation's set / ordered arms and the sweep's centre (#16), trained past their plateau
-        # within the budget: 18.05 dB after 1500 steps, +0.08 over the last 300
+        # runs are also the ablation's set / ordered arms and the sweep's centre (#16), trained to where the curve
+        # flattens within the budget: 18.05 dB after 1500 steps, +0.08 over the last 300
         # (results/probes/tune_tokenizer/study_w64_d2_m32_c512_1500.json, head 32; 16 trains in ~60% of the time at
         # the same val PSNR: results/probes/tune_tokenizer/study_head16_600_seed{0,1}.json). The 128-wide 3 + 3
         # model with 64 tokens of 1024 codes reached 17.63 +- 0.21 dB at 750 steps and 19.15 at 1250, still climbing
@@ -173,8 +173,8 @@ class TrainConfig(Section):
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(steps=20, batch_size=16, lr=1e-3, warmup_steps=2, log_every=5, ckpt_every=10),
-        # Fashion-MNIST (#15, #16): 1500 steps at lr 2e-3 of the `small` tokenizer (~100 s a run on 2 cores), past its
-        # plateau (+0.08 dB over the last 300 steps of its probe, results/probes/tune_tokenizer/
+        # Fashion-MNIST (#15, #16): 1500 steps at lr 2e-3 of the `small` tokenizer (~100 s a run on 2 cores), to where
+        # its curve flattens (+0.08 dB over the last 300 steps of its probe, results/probes/tune_tokenizer/
         # study_w64_d2_m32_c512_1500.json), the quantizer bypassed for the first 150 (a bypass of 75 let a 750-step
         # run of the 128-wide model collapse to 2% of the codes at step 200 and 12 dB, never to recover:
         # docs/experiments.md, session 10; study_train keeps at least STUDY_MIN_BYPASS steps), no stage 2

@@ -94,9 +94,9 @@ class AblationConfig(Section):
                                                   "head_channels")
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(arms=ABLATION_ARMS, steps=15, psnr_threshold=10.0, probe_images=16, seeds=(0, 1)),
-        # 6 arms x 3 seeds of the study model at 1500 steps, past its plateau (+0.08 dB over the last 300 steps of its
-        # probe, results/probes/tune_tokenizer/study_w64_d2_m32_c512_1500.json); set and ordered are the tokenizer
-        # stage's runs, reused. 14 dB: the study model's val PSNR near step 300 of that probe
+        # 6 arms x 3 seeds of the study model at 1500 steps, where its curve flattens (+0.08 dB over the last 300
+        # steps of its probe, results/probes/tune_tokenizer/study_w64_d2_m32_c512_1500.json); set and ordered are the
+        # tokenizer stage's runs, reused. 14 dB: the study model's val PSNR near step 300 of that probe
         "small": dict(arms=ABLATION_ARMS, steps=1500, psnr_threshold=14.0, probe_images=64, seeds=(0, 1, 2),
                       num_tokens=32, codebook_size=512, **_SMALL_STUDY_MODEL),
     }
