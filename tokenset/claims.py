@@ -219,11 +219,11 @@ def sweep_claim(results: Path) -> list[dict[str, str]]:
         line = lengths.idxmax() if len(lengths) else None  # the longest row: the centre of a cross grid
         on_line = runs[runs[other] == line]
         slopes, rhos = [], []
-        for _, g in runs.groupby("seed"):
+        for seed, g in runs.groupby("seed"):
             slope = within_slope(g, size, other)
             if not math.isnan(slope):
                 slopes.append(slope)
-            h = on_line[on_line["seed"] == g["seed"].iloc[0]]
+            h = on_line[on_line["seed"] == seed]
             if h[size].nunique() > 2:
                 rhos.append(float(h[[size, "val_psnr"]].corr(method="spearman").iloc[0, 1]))
         d = summarize(slopes) if slopes else dict(mean=math.nan, ci_low=math.nan, ci_high=math.nan, n=0)
